@@ -1,0 +1,275 @@
+"""Vision Transformer (ViT) in Flax Linen.
+
+Submodule and parameter names are frozen to the layout of the official
+checkpoints after pre-Linen renaming (see `checkpoint.load`):
+
+  cls, embedding/{kernel,bias}, Transformer/posembed_input/pos_embedding,
+  Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0,
+  LayerNorm_1, MlpBlock_0/Dense_{0,1}}, Transformer/encoder_norm,
+  pre_logits, head.
+
+Renaming a submodule here breaks every official checkpoint.
+"""
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax import models_resnet
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# Attention implementations selectable with `attention_impl`.
+ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
+
+
+class IdentityLayer(nn.Module):
+  """Identity with a name, so that `pre_logits` exists in every tree."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return x
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds a learned position embedding of shape (1, tokens, hidden)."""
+
+  posemb_init: Initializer
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    if inputs.ndim != 3:
+      raise ValueError(
+          f'AddPositionEmbs expects (batch, tokens, hidden), got {inputs.shape}.'
+      )
+    shape = (1, inputs.shape[1], inputs.shape[2])
+    pe = self.param('pos_embedding', self.posemb_init, shape, self.param_dtype)
+    return inputs + pe.astype(self.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU (tanh approximation) -> Dense, with dropout."""
+
+  mlp_dim: int
+  dropout_rate: float = 0.1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, deterministic: bool) -> Array:
+    dense = lambda features: nn.Dense(  # pylint: disable=g-long-lambda
+        features, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=self.kernel_init, bias_init=self.bias_init)
+    x = dense(self.mlp_dim)(inputs)
+    x = nn.gelu(x)  # approximate=True, as in the original release.
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = dense(inputs.shape[-1])(x)
+    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head self-attention with the parameter layout of Flax's module.
+
+  Parameters: query/key/value kernels (hidden, heads, head_dim) with biases
+  (heads, head_dim), out kernel (heads, head_dim, hidden) with bias (hidden,),
+  exactly as `flax.linen.MultiHeadDotProductAttention` creates them, so the
+  official checkpoints load unchanged. Written here (rather than used from
+  Flax) to control the attention kernel and to always offer the weights to
+  `sow`: call the model with `mutable=['intermediates']` to capture them
+  under `intermediates/.../attention_weights`, shape (batch, heads, q, k).
+
+  `attention_impl`: 'einsum' (explicit softmax, the reference; required for
+  capture and attention dropout), 'xla' or 'cudnn' (`jax.nn.dot_product_
+  attention`, fused on GPU).
+  """
+
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_impl: str = 'einsum'
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    hidden = x.shape[-1]
+    if hidden % self.num_heads:
+      raise ValueError(
+          f'hidden size {hidden} is not divisible by num_heads '
+          f'{self.num_heads}.')
+    head_dim = hidden // self.num_heads
+
+    def proj(name):
+      return nn.DenseGeneral(
+          features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype,
+          param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+          bias_init=self.bias_init, name=name)(x)
+
+    q, k, v = proj('query'), proj('key'), proj('value')
+    capture = self.is_mutable_collection('intermediates')
+    use_dropout = not deterministic and self.dropout_rate > 0
+    if self.attention_impl == 'einsum' or capture or use_dropout:
+      q = q / jnp.sqrt(head_dim).astype(q.dtype)
+      logits = jnp.einsum('...qhd,...khd->...hqk', q, k)
+      weights = jax.nn.softmax(logits).astype(self.dtype)
+      self.sow('intermediates', 'attention_weights', weights)
+      if use_dropout:
+        weights = nn.Dropout(rate=self.dropout_rate, broadcast_dims=())(
+            weights, deterministic=False)
+      out = jnp.einsum('...hqk,...khd->...qhd', weights, v)
+    elif self.attention_impl in ('xla', 'cudnn'):
+      out = jax.nn.dot_product_attention(
+          q, k, v, implementation=self.attention_impl)
+    else:
+      raise ValueError(f'attention_impl={self.attention_impl!r}; expected one '
+                       f'of {ATTENTION_IMPLS}.')
+    return nn.DenseGeneral(
+        features=hidden, axis=(-2, -1), dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+        bias_init=self.bias_init, name='out')(out)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + MHA(LN(x)), then y + MLP(LN(y)).
+
+  `deterministic` may be passed positionally so that `nn.remat` can mark it
+  static.
+  """
+
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  attention_impl: str = 'einsum'
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, deterministic: bool) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.LayerNorm(epsilon=1e-6, **kw)(inputs)
+    x = MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
+        attention_impl=self.attention_impl, **kw)(
+            x, deterministic=deterministic)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = x + inputs
+    y = nn.LayerNorm(epsilon=1e-6, **kw)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, **kw)(
+        y, deterministic=deterministic)
+    return x + y
+
+
+class Encoder(nn.Module):
+  """Position embedding, `num_layers` blocks and the final LayerNorm."""
+
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  add_position_embedding: bool = True
+  attention_impl: str = 'einsum'
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.add_position_embedding:
+      x = AddPositionEmbs(
+          posemb_init=nn.initializers.normal(stddev=0.02),
+          name='posembed_input', **kw)(x)
+      x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    block_cls = Encoder1DBlock
+    if self.remat:
+      block_cls = nn.remat(Encoder1DBlock, static_argnums=(2,))
+    for i in range(self.num_layers):
+      x = block_cls(
+          mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+          dropout_rate=self.dropout_rate,
+          attention_dropout_rate=self.attention_dropout_rate,
+          attention_impl=self.attention_impl, name=f'encoderblock_{i}', **kw)(
+              x, not train)
+    return nn.LayerNorm(epsilon=1e-6, name='encoder_norm', **kw)(x)
+
+
+class VisionTransformer(nn.Module):
+  """ViT, optionally with a ResNet root (hybrid).
+
+  Fields mirror the model configs of `configs/models.py` (`patches`,
+  `transformer`, `hidden_size`, `resnet`, `representation_size`,
+  `classifier`), plus precision and kernel knobs.
+
+  `__call__(images, *, train)`: images (batch, H, W, 3) in [-1, 1]; returns
+  logits (batch, num_classes) in float32, or the pre-logits features when
+  `num_classes` is None. H and W must be multiples of the patch stride.
+  """
+
+  num_classes: Optional[int]
+  patches: Any
+  transformer: Any
+  hidden_size: int
+  resnet: Optional[Any] = None
+  representation_size: Optional[int] = None
+  classifier: str = 'token'
+  head_bias_init: float = 0.0
+  model_name: Optional[str] = None
+  attention_impl: str = 'einsum'
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, train: bool) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = inputs.astype(self.dtype)
+    if self.resnet is not None:
+      x = models_resnet.resnet_root(
+          x, num_layers=tuple(self.resnet['num_layers']),
+          width_factor=self.resnet['width_factor'], **kw)
+    patch = tuple(self.patches['size'])
+    x = nn.Conv(self.hidden_size, kernel_size=patch, strides=patch,
+                padding='VALID', name='embedding', **kw)(x)
+    if self.transformer is not None:
+      n, h, w, c = x.shape
+      x = jnp.reshape(x, (n, h * w, c))
+      if self.classifier in ('token', 'token_unpooled'):
+        cls = self.param('cls', nn.initializers.zeros, (1, 1, c),
+                         self.param_dtype)
+        x = jnp.concatenate(
+            [jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
+      x = Encoder(name='Transformer', attention_impl=self.attention_impl,
+                  remat=self.remat, **self.transformer, **kw)(x, train=train)
+    x = self._pool(x)
+    if self.representation_size is not None:
+      x = nn.Dense(self.representation_size, name='pre_logits', **kw)(x)
+      x = nn.tanh(x)
+    else:
+      x = IdentityLayer(name='pre_logits')(x)
+    if self.num_classes:
+      x = nn.Dense(
+          self.num_classes, name='head', kernel_init=nn.initializers.zeros,
+          bias_init=nn.initializers.constant(self.head_bias_init), **kw)(x)
+    return x.astype(jnp.float32)
+
+  def _pool(self, x: Array) -> Array:
+    if self.classifier == 'token':
+      return x[:, 0]
+    if self.classifier == 'gap':
+      return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+    if self.classifier in ('unpooled', 'token_unpooled'):
+      return x
+    raise ValueError(
+        f'Invalid classifier={self.classifier!r}; expected one of token, gap, '
+        'unpooled, token_unpooled.')
