@@ -1,0 +1,102 @@
+"""Defaults shared by every fine-tuning config, and the dataset presets.
+
+The defaults are those of the original release (batch 512, 8 accumulation
+steps, SGD momentum 0.9 with a bfloat16 accumulator, base_lr 0.03, cosine
+decay after 500 warmup steps, gradient clipping at 1.0, crop 384).
+"""
+
+import ml_collections
+
+# name -> (total_steps, train split, test split, crop). Published presets.
+DATASET_PRESETS = {
+    'cifar10': (10_000, 'train[:98%]', 'test', 384),
+    'cifar100': (10_000, 'train[:98%]', 'test', 384),
+    'imagenet2012': (20_000, 'train[:99%]', 'validation', 384),
+    'oxford_iiit_pet': (500, 'train', 'test', 384),
+    'oxford_flowers102': (500, 'train', 'test', 384),
+    # Offline: sklearn's handwritten digits written out as an image folder.
+    'digits': (600, 'train', 'test', 32),
+}
+
+
+def get_config():
+  """Returns the common defaults (unlocked, so presets can extend them)."""
+  config = ml_collections.ConfigDict()
+
+  # What main.py runs: 'train' (fine-tuning) or 'inference_time' (benchmark).
+  config.trainer = 'train'
+  config.seed = 0  # Seeds parameter init (head), data order, augmentation.
+
+  # Data. `dataset` is a tfds name, 'digits', or a folder with
+  # train/<class>/<image> and test/<class>/<image> sub-folders.
+  config.dataset = ''
+  config.tfds_data_dir = None  # tfds data_dir (None: tfds default).
+  config.tfds_manual_dir = None  # For datasets needing a manual download.
+  config.pp = ml_collections.ConfigDict()
+  config.pp.train = 'train'  # Train split (tfds slicing syntax).
+  config.pp.test = 'test'  # Test split.
+  config.pp.crop = 384  # Train and eval resolution (pixels).
+  config.pp.crop_area_min = 0.05  # Inception crop: smallest area fraction.
+  config.pp.flip = True  # Random horizontal flips in training.
+  config.shuffle_buffer = 50_000  # Examples in the tf.data shuffle buffer.
+  config.prefetch = 2  # Batches prefetched to the devices.
+
+  # Batches. Global sizes, split across processes and then devices.
+  config.batch = 512  # Training examples per step.
+  config.batch_eval = 512  # Evaluation examples per step.
+  config.accum_steps = 8  # Micro-batches per step (gradient accumulation).
+
+  # Optimisation.
+  config.total_steps = None  # None: taken from the dataset preset.
+  config.base_lr = 0.03  # Peak learning rate, reached after warmup.
+  config.decay_type = 'cosine'  # 'cosine' or 'linear' (to 1e-5).
+  config.warmup_steps = 500  # Linear warmup from 0.
+  config.grad_norm_clip = 1.0  # Global-norm clipping; 0 or None disables.
+  config.momentum = 0.9  # SGD momentum.
+  config.optim_dtype = 'bfloat16'  # Momentum accumulator dtype.
+  # On a NaN/Inf loss: 'raise' stops with an error naming the step (the last
+  # checkpoint stays); 'skip' drops that update and continues.
+  config.nonfinite_loss = 'raise'
+
+  # Model. `model_name` picks a registered config; `model` holds its fields.
+  config.model_name = ''
+  config.model = ml_collections.ConfigDict()
+  config.dtype = 'float32'  # Compute dtype ('bfloat16' on TPU/GPU).
+  config.remat = False  # Rematerialise encoder blocks to save memory.
+  config.attention_impl = 'einsum'  # 'einsum', 'xla' or 'cudnn' (GPU).
+
+  # Partitioning: a (data, model) device mesh; -1 means "all remaining".
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # Data-parallel axis.
+  config.mesh.model = 1  # Tensor-parallel axis (attention heads, MLP).
+  config.fsdp = False  # Also shard parameters over the data axis.
+
+  # Checkpoints. `pretrained_dir` holds {model_name}.npz; '' trains from
+  # scratch (logged as a warning).
+  config.pretrained_dir = '.'
+  config.pretrained_path = ''  # Overrides pretrained_dir/model_name.npz.
+  config.checkpoint_every = 1_000  # Steps between orbax checkpoints.
+  config.keep_checkpoints = 3  # Newest orbax checkpoints kept.
+  config.export = True  # Write {workdir}/model.npz (official layout) at end.
+
+  # Cadences (in steps).
+  config.eval_every = 100  # Test accuracy.
+  config.progress_every = 10  # Train loss, learning rate, img/s.
+  # JAX's persistent compilation cache; '' disables. Relative paths are
+  # taken inside the workdir.
+  config.compilation_cache = 'jax_cache'
+  return config
+
+
+def with_dataset(config, dataset: str):
+  """Sets `dataset` and its preset's total_steps, splits and crop."""
+  config.dataset = dataset
+  if dataset in DATASET_PRESETS:
+    total_steps, train, test, crop = DATASET_PRESETS[dataset]
+  else:  # An image folder: train/ and test/ sub-folders.
+    total_steps, train, test, crop = 500, 'train', 'test', 384
+  config.total_steps = total_steps
+  config.pp.train = train
+  config.pp.test = test
+  config.pp.crop = crop
+  return config
