@@ -74,7 +74,8 @@ def get_config():
   # Checkpoints. `pretrained_dir` holds {model_name}.npz; '' trains from
   # scratch (logged as a warning).
   config.pretrained_dir = '.'
-  config.pretrained_path = ''  # Overrides pretrained_dir/model_name.npz.
+  config.pretrained_filename = ''  # File stem; '' means model_name.
+  config.pretrained_path = ''  # A full path; overrides the two above.
   config.checkpoint_every = 1_000  # Steps between orbax checkpoints.
   config.keep_checkpoints = 3  # Newest orbax checkpoints kept.
   config.export = True  # Write {workdir}/model.npz (official layout) at end.
