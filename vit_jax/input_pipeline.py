@@ -1,0 +1,504 @@
+"""Input pipeline: tfds datasets, image folders and the offline digits set.
+
+Every source is reduced to raw records `(data, label)` in a fixed order,
+where `data` is encoded image bytes (tfds) or a file path (folders). Records
+are cheap to skip; decoding happens only for the examples a process keeps.
+
+The training stream is a pure function of (config.seed, dataset,
+config.batch). Global position g = epoch * n + k holds the k-th record of
+that epoch's shuffle, which is seeded by (seed, epoch); the augmentation of
+position g is seeded by (seed, g) through stateless ops. So a restart at
+step s skips s * batch records (at most one epoch's, undecoded) and yields
+exactly what an uninterrupted run would. Process p of P keeps the positions
+g with p * batch / P <= g % batch < (p + 1) * batch / P, i.e. its rows of
+every global batch, whatever P is.
+
+Preprocessing is the original's: train = Inception crop, resize to crop x
+crop, random flip; eval = resize to crop x crop; both map [0, 255] to
+[-1, 1] with `normalize`.
+"""
+
+import concurrent.futures
+import dataclasses
+import difflib
+import os
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_jax import digits as digits_lib
+from vit_jax.configs import common
+
+_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # Compared lower-cased.
+_FORMATS = ('JPEG', 'PNG')  # What PIL must find inside those files.
+_MAX_LISTED = 10  # Problems spelled out in one error message.
+# Inception crop settings of the original (TF defaults, spelled out).
+_ASPECT_RATIO_RANGE = (0.75, 1.33)
+_MAX_ATTEMPTS = 100
+_WHOLE_IMAGE = ((((0.0, 0.0, 1.0, 1.0),),))  # (1, 1, 4) ymin, xmin, ...
+# Tags that keep the shuffle and augmentation random streams apart.
+_SHUFFLE_TAG, _AUGMENT_TAG = 1, 2
+
+
+class DatasetError(ValueError):
+  """A dataset or data config problem, with a message saying what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  class_names: list[str]  # Readable where available, else str ids.
+  num_train_examples: int
+  num_test_examples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  info: DatasetInfo
+  train: tf.data.Dataset  # Records (data: string, label: int), fixed order.
+  test: tf.data.Dataset
+  from_files: bool  # data is a file path (else encoded image bytes).
+
+
+def normalize(image):
+  """Maps pixel values [0, 255] to [-1, 1]: (x - 127.5) / 127.5, float32.
+
+  Works on tf tensors, numpy and jax arrays of any shape.
+  """
+  if tf.is_tensor(image):
+    image = tf.cast(image, tf.float32)
+  elif hasattr(image, 'astype'):
+    image = image.astype(np.float32)
+  else:
+    image = np.asarray(image, np.float32)
+  return (image - 127.5) / 127.5
+
+
+def preprocess_for_eval(image_uint8, crop: int) -> tf.Tensor:
+  """Eval preprocessing: bilinear resize to crop x crop, then `normalize`.
+
+  Args:
+    image_uint8: uint8 (h, w, 3) or (batch, h, w, 3), values 0..255.
+    crop: output side (pixels). The aspect ratio is not kept (original).
+
+  Returns:
+    float32 (crop, crop, 3) (or batched) in [-1, 1].
+  """
+  return normalize(tf.image.resize(image_uint8, [crop, crop]))
+
+
+def preprocess_for_train(
+    image_uint8, crop: int, seed, *, crop_area_min: float = 0.05,
+    flip: bool = True) -> tf.Tensor:
+  """Inception crop, bilinear resize to crop x crop, flip, `normalize`.
+
+  Args:
+    image_uint8: uint8 (h, w, 3).
+    crop: output side (pixels).
+    seed: int (2,) stateless seed; same seed, same augmentation.
+    crop_area_min: smallest crop area as a fraction of the image.
+    flip: random horizontal flip with probability 0.5.
+
+  Returns:
+    float32 (crop, crop, 3) in [-1, 1].
+  """
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image_uint8), bounding_boxes=tf.constant(_WHOLE_IMAGE),
+      seed=crop_seed, min_object_covered=0.0,
+      aspect_ratio_range=_ASPECT_RATIO_RANGE,
+      area_range=(crop_area_min, 1.0), max_attempts=_MAX_ATTEMPTS)
+  image = tf.image.resize(tf.slice(image_uint8, begin, size), [crop, crop])
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return normalize(image)
+
+
+def decode_image(data) -> tf.Tensor:
+  """Encoded JPEG/PNG bytes -> uint8 (h, w, 3) RGB (gray/RGBA/CMYK too)."""
+  return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def validate_config(config, *, process_count: int | None = None) -> None:
+  """Raises DatasetError naming every data field to change, if any."""
+  count = jax.process_count() if process_count is None else process_count
+  problems = []
+  if not config.dataset:
+    problems.append(
+        'config.dataset is empty: set --config.dataset to a tfds name '
+        "(e.g. cifar10), 'digits' or an image folder")
+  for field in ('batch', 'batch_eval'):
+    value = config[field]
+    if value <= 0 or value % count:
+      fixed = max(count, value // count * count)
+      problems.append(
+          f'config.{field}={value} must be a positive multiple of the '
+          f'process count ({count}), e.g. --config.{field}={fixed}')
+  if config.pp.crop <= 0:
+    problems.append(f'config.pp.crop={config.pp.crop} must be positive')
+  if not 0.0 < config.pp.crop_area_min <= 1.0:
+    problems.append(
+        f'config.pp.crop_area_min={config.pp.crop_area_min} must be in '
+        '(0, 1]')
+  if config.shuffle_buffer < 1:
+    problems.append(
+        f'config.shuffle_buffer={config.shuffle_buffer} must be >= 1')
+  if problems:
+    raise DatasetError('Invalid data config:\n  - ' + '\n  - '.join(problems))
+
+
+def get_dataset_info(config) -> DatasetInfo:
+  """Class names and example counts, without building a pipeline.
+
+  Counts are exact: from tf.data cardinality when known, else by reading
+  (not decoding) the records. Raises DatasetError for unusable datasets.
+  """
+  return _get_source(config, check_images=False).info
+
+
+def get_datasets(
+    config, *, start_step: int = 0, process_index: int | None = None,
+    process_count: int | None = None,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
+  """This process's train and test datasets.
+
+  Args:
+    config: the training config (see configs/common.py).
+    start_step: the first training step; the stream starts at global
+      example start_step * config.batch.
+    process_index: this process (default jax.process_index()).
+    process_count: processes sharing each batch (default
+      jax.process_count()).
+
+  Returns:
+    train: infinite; {'image': float32 (b, crop, crop, 3) in [-1, 1],
+      'label': int32 (b,)} with b = config.batch // process_count.
+    test: one pass; the same plus 'mask': float32 (b,), 0 for padding;
+      b = config.batch_eval // process_count. Over all processes every
+      test example appears exactly once with mask 1.
+    info: as get_dataset_info(config).
+
+  Raises:
+    DatasetError: bad data config, unknown or unprepared dataset, unusable
+      folder. Image folders are decoded once here with PIL (in threads), so
+      a corrupt file fails now, by name, rather than mid-training.
+  """
+  count = jax.process_count() if process_count is None else process_count
+  index = jax.process_index() if process_index is None else process_index
+  validate_config(config, process_count=count)
+  if not 0 <= index < count:
+    raise DatasetError(f'process_index={index} not in [0, {count})')
+  if start_step < 0:
+    raise DatasetError(f'start_step={start_step} must be >= 0')
+  _hide_accelerators_from_tf()
+  source = _get_source(config, check_images=True)
+  train = _train_dataset(source, config, start_step, index, count)
+  test = _test_dataset(source, config, index, count)
+  return train, test, source.info
+
+
+def _hide_accelerators_from_tf() -> None:
+  # TF must not grab GPU memory that JAX needs; it only runs input ops.
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF already initialised its devices: leave them.
+    logging.warning('Could not hide GPUs from TensorFlow (initialised).')
+
+
+def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True  # Parallel maps keep the element order.
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _owned(position, batch: int, index: int, count: int):
+  """True if global `position` is in process `index`'s rows of its batch."""
+  row = position % batch
+  local = batch // count
+  return tf.logical_and(row >= index * local, row < (index + 1) * local)
+
+
+def _random_key(seed: int, tag: int, value) -> tf.Tensor:
+  """int64 (2,) stateless key for (seed, tag, value)."""
+  key = tf.constant([seed, 0], tf.int64)
+  key = tf.random.experimental.stateless_fold_in(key, tag)
+  return tf.random.experimental.stateless_fold_in(key, value)
+
+
+def _train_dataset(source: _Source, config, start_step: int, index: int,
+                   count: int) -> tf.data.Dataset:
+  """Infinite, shuffled, augmented, batched; see the module docstring."""
+  n = source.info.num_train_examples
+  batch = config.batch
+  first_epoch, offset = divmod(start_step * batch, n)
+  buffer_size = max(1, min(config.shuffle_buffer, n))
+  records, seed, from_files = source.train, config.seed, source.from_files
+
+  def epoch(e):
+    shuffle_seed = tf.random.stateless_uniform(
+        [], _random_key(seed, _SHUFFLE_TAG, e), minval=None, maxval=None,
+        dtype=tf.int64)
+    ds = records.shuffle(buffer_size, seed=shuffle_seed,
+                         reshuffle_each_iteration=False)
+    # Skipping raw records (before decoding) is what makes resume cheap.
+    skip = tf.where(e == first_epoch, tf.constant(offset, tf.int64), 0)
+    ds = ds.enumerate().skip(skip)
+    return ds.map(lambda k, record: (e * n + k, record))
+
+  def preprocess(position, record):
+    image, label = _decode_record(record, from_files)
+    image = preprocess_for_train(
+        image, config.pp.crop, _random_key(seed, _AUGMENT_TAG, position),
+        crop_area_min=config.pp.crop_area_min, flip=config.pp.flip)
+    return {'image': image, 'label': label}
+
+  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+  ds = ds.filter(lambda g, _: _owned(g, batch, index, count))
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  return _finish(ds.batch(batch // count, drop_remainder=True))
+
+
+def _test_dataset(source: _Source, config, index: int,
+                  count: int) -> tf.data.Dataset:
+  """One pass, padded with mask 0 to whole global batches."""
+  n = source.info.num_test_examples
+  batch, crop = config.batch_eval, config.pp.crop
+  padded = -(-n // batch) * batch
+
+  def preprocess(_, record):
+    image, label = _decode_record(record, source.from_files)
+    return {'image': preprocess_for_eval(image, crop), 'label': label,
+            'mask': tf.constant(1.0)}
+
+  def padding(_):
+    return {'image': tf.zeros([crop, crop, 3]), 'label': tf.constant(0),
+            'mask': tf.constant(0.0)}
+
+  def mine(position, *_):
+    return _owned(position, batch, index, count)
+
+  real = source.test.enumerate().filter(mine)
+  real = real.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  # Padding positions n..padded-1 come after every real one, so the
+  # concatenation keeps this process's positions in order.
+  pad = tf.data.Dataset.range(n, padded).filter(mine).map(padding)
+  ds = real.concatenate(pad)
+  return _finish(ds.batch(batch // count, drop_remainder=True))
+
+
+def _decode_record(record, from_files: bool):
+  data, label = record
+  if from_files:
+    data = tf.io.read_file(data)
+  return decode_image(data), tf.cast(label, tf.int32)
+
+
+def _get_source(config, *, check_images: bool) -> _Source:
+  """Dispatches on config.dataset: 'digits', a folder, or a tfds name."""
+  name = config.dataset
+  if not name:
+    raise DatasetError(
+        'config.dataset is empty: set --config.dataset to a tfds name '
+        "(e.g. cifar10), 'digits' or an image folder")
+  path = os.path.expanduser(name)
+  if name == 'digits':  # Wins over a folder that happens to be ./digits.
+    source = _folder_source(digits_lib.ensure_digits(), config, check_images)
+  elif os.path.isdir(path):
+    source = _folder_source(path, config, check_images)
+  elif name.startswith(('/', './', '../', '~')):  # Clearly meant as a path.
+    raise DatasetError(
+        f'Dataset folder {os.path.abspath(path)} does not exist. An image '
+        'folder needs train/<class>/<image> and test/<class>/<image>.')
+  else:
+    source = _tfds_source(config)
+  for split, n in ((config.pp.train, source.info.num_train_examples),
+                   (config.pp.test, source.info.num_test_examples)):
+    if n == 0:
+      raise DatasetError(f"Split '{split}' of '{name}' has no examples.")
+  return source
+
+
+def _unknown_dataset(name: str) -> DatasetError:
+  known = tfds.list_builders(with_community_datasets=False)
+  known += list(common.DATASET_PRESETS)
+  close = difflib.get_close_matches(name.split('/')[0], known, n=5)
+  hint = f' Did you mean: {", ".join(close)}?' if close else ''
+  return DatasetError(
+      f"Unknown dataset '{name}': not a tfds dataset, not 'digits' and not "
+      f'an existing folder ({os.path.abspath(name)}).{hint} Presets: '
+      f'{", ".join(common.DATASET_PRESETS)}. An image folder needs '
+      'train/<class>/<image> and test/<class>/<image>.')
+
+
+def _tfds_builder(config):
+  """The builder for config.dataset, prepared (downloaded) if needed."""
+  name = config.dataset
+  try:
+    builder = tfds.builder(name, data_dir=config.tfds_data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise _unknown_dataset(name) from None
+  except (ValueError, AssertionError) as e:  # Bad config or version.
+    raise DatasetError(f"tfds dataset '{name}': {e}") from None
+  if builder.is_prepared():
+    return builder
+  download = tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir)
+  try:
+    builder.download_and_prepare(download_config=download)
+  except Exception as e:  # pylint: disable=broad-except
+    # No network, missing manual files, permissions: all need the same fix.
+    reason = (str(e).strip().splitlines() or [''])[0][:300]
+    raise DatasetError(
+        f"tfds dataset '{name}' is not prepared in {builder.data_dir} and "
+        f'could not be downloaded and prepared here ({type(e).__name__}: '
+        f'{reason}).\nTo provide it, on a machine with network run\n'
+        f'  tfds build {name} --data_dir=DIR\ncopy DIR here and pass '
+        '--config.tfds_data_dir=DIR. Datasets with a manual download '
+        '(e.g. imagenet2012) also need --config.tfds_manual_dir=FOLDER '
+        'holding the downloaded archives.') from None
+  return builder
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  """Examples in ds: its cardinality if known, else read them all."""
+  n = int(ds.cardinality())
+  if n < 0:
+    n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+  return n
+
+
+def _tfds_source(config) -> _Source:
+  builder = _tfds_builder(config)
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise DatasetError(
+        f"tfds dataset '{config.dataset}' needs 'image' and 'label' "
+        f'features; it has {sorted(features)}.')
+  label = features['label']
+  names = getattr(label, 'names', None) or [
+      str(i) for i in range(label.num_classes)]
+
+  def records(split):
+    try:
+      ds = builder.as_dataset(
+          split=split, shuffle_files=False,
+          decoders={'image': tfds.decode.SkipDecoding()})
+    except Exception as e:  # pylint: disable=broad-except
+      raise DatasetError(
+          f"tfds dataset '{config.dataset}': cannot read split '{split}' "
+          f'({e}). Set --config.pp.train / --config.pp.test.') from None
+    return ds.map(lambda ex: (ex['image'], ex['label']))
+
+  train, test = records(config.pp.train), records(config.pp.test)
+  info = DatasetInfo(
+      num_classes=label.num_classes, class_names=list(names),
+      num_train_examples=_count(train), num_test_examples=_count(test))
+  return _Source(info=info, train=train, test=test, from_files=False)
+
+
+@dataclasses.dataclass
+class _Listing:
+  classes: list[str]
+  paths: list[str] = dataclasses.field(default_factory=list)
+  labels: list[int] = dataclasses.field(default_factory=list)
+  problems: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def _files_under(folder: str) -> list[str]:
+  """Sorted non-hidden files below folder (recursively)."""
+  found = []
+  for parent, dirs, files in os.walk(folder):
+    dirs[:] = [d for d in dirs if not d.startswith('.')]
+    found += [os.path.join(parent, f) for f in files if not f.startswith('.')]
+  return sorted(found)
+
+
+def _list_split(root: str, split: str,
+                classes: list[str] | None = None) -> _Listing:
+  """Lists root/split/<class>/...; classes default to the sub-folders."""
+  folder = os.path.join(root, split)
+  if not os.path.isdir(folder):
+    return _Listing(classes or [], problems=[f'missing folder {folder}'])
+  entries = sorted(os.scandir(folder), key=lambda e: e.name)
+  found = [e.name for e in entries
+           if e.is_dir() and not e.name.startswith('.')]
+  listing = _Listing(classes if classes is not None else found)
+  listing.skipped = [e.path for e in entries
+                     if e.is_file() and not e.name.startswith('.')]
+  if not found:
+    listing.problems.append(f'{folder} has no class sub-folders')
+  for name in found:
+    if name not in listing.classes:
+      listing.problems.append(f'{folder}/{name}: class not in the train split')
+      continue
+    files = _files_under(os.path.join(folder, name))
+    images = [f for f in files if f.lower().endswith(_EXTENSIONS)]
+    listing.skipped += [f for f in files if not f.lower().endswith(_EXTENSIONS)]
+    if not images:
+      listing.problems.append(f'{folder}/{name}: no .jpg/.jpeg/.png images')
+    listing.paths += images
+    listing.labels += [listing.classes.index(name)] * len(images)
+  return listing
+
+
+def _image_problem(path: str) -> str | None:
+  """Why PIL cannot decode path as a JPEG/PNG, or None if it can."""
+  try:
+    with Image.open(path) as image:
+      if image.format not in _FORMATS:
+        return f'{image.format} data, expected JPEG or PNG'
+      image.draft('RGB', (1, 1))  # JPEG: 1/8 scale, still reads all data.
+      image.load()
+  except Exception as e:  # pylint: disable=broad-except
+    return f'{type(e).__name__}: {e}'
+  return None
+
+
+def _check_images(paths: list[str]) -> None:
+  """Decodes every image once with PIL; raises naming the corrupt ones."""
+  workers = min(32, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    problems = list(pool.map(_image_problem, paths, chunksize=64))
+  bad = [f'{p}: {why}' for p, why in zip(paths, problems) if why]
+  if bad:
+    raise DatasetError(
+        f'{len(bad)} corrupt or unsupported image(s); fix or remove them:\n'
+        '  - ' + '\n  - '.join(bad[:_MAX_LISTED])
+        + ('\n  ...' if len(bad) > _MAX_LISTED else ''))
+
+
+def _folder_source(root: str, config, check_images: bool) -> _Source:
+  """An image folder: root/{pp.train,pp.test}/<class>/<image>."""
+  train = _list_split(root, config.pp.train)
+  test = _list_split(root, config.pp.test, train.classes)
+  problems = train.problems + test.problems
+  if problems:
+    raise DatasetError(
+        f'Image folder {root} is not usable (expected '
+        f'{config.pp.train}/<class>/<image> and {config.pp.test}/<class>/'
+        '<image>, images .jpg/.jpeg/.png):\n  - ' + '\n  - '.join(problems))
+  skipped = train.skipped + test.skipped
+  if skipped:  # Documented choice: other files are ignored, not fatal.
+    logging.warning('Skipping %d non-image file(s) in %s, e.g. %s',
+                    len(skipped), root, skipped[:3])
+  if check_images:
+    _check_images(train.paths + test.paths)
+  # A fixed permutation plays the role of tfds's pre-shuffled records, so a
+  # shuffle buffer smaller than the folder still mixes the classes.
+  order = np.random.RandomState(0).permutation(len(train.paths))
+  train_records = tf.data.Dataset.from_tensor_slices(
+      (np.asarray(train.paths)[order],
+       np.asarray(train.labels, np.int64)[order]))
+  test_records = tf.data.Dataset.from_tensor_slices(
+      (np.asarray(test.paths), np.asarray(test.labels, np.int64)))
+  info = DatasetInfo(
+      num_classes=len(train.classes), class_names=list(train.classes),
+      num_train_examples=len(train.paths),
+      num_test_examples=len(test.paths))
+  return _Source(info=info, train=train_records, test=test_records,
+                 from_files=True)
