@@ -1,0 +1,353 @@
+"""Downloads official checkpoints; the `python -m vit_jax.checkpoint` CLI.
+
+  python -m vit_jax.checkpoint download ViT-B_16 --dir=checkpoints
+  python -m vit_jax.checkpoint download ViT-B_16 \
+      --dataset=imagenet21k+imagenet2012
+  python -m vit_jax.checkpoint download \
+      B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0
+  python -m vit_jax.checkpoint download Mixer-B_16 --dataset=imagenet1k
+  python -m vit_jax.checkpoint inspect checkpoints/ViT-B_16.npz
+
+Files come from `https://storage.googleapis.com/<bucket>/<path>`; `--base_url`
+or $VIT_JAX_CHECKPOINT_BASE_URL replaces the host (a mirror, or a local
+server in tests). A download is written to `<file>.part`, resumed with an
+HTTP Range request when that file exists, checked against the registered
+model config (keys and shapes; head size, position-embedding length and
+pre_logits may differ, as they do in the official files) and only then
+renamed to `<file>`.
+"""
+
+import argparse
+import dataclasses
+import http.client
+import os
+import re
+import sys
+from typing import Optional
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from absl import logging
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import tqdm
+
+from vit_jax import checkpoint
+from vit_jax import models
+from vit_jax.configs import models as model_configs
+
+CheckpointError = checkpoint.CheckpointError
+
+DEFAULT_BASE_URL = 'https://storage.googleapis.com'
+BASE_URL_ENV = 'VIT_JAX_CHECKPOINT_BASE_URL'
+VIT_DATASETS = ('imagenet21k', 'imagenet21k+imagenet2012', 'sam', 'gsam')
+MIXER_DATASETS = ('imagenet1k', 'imagenet21k', 'sam', 'gsam')
+# The upstream AugReg checkpoints recommended by the original README; a bare
+# AugReg model name downloads these.
+AUGREG_RECOMMENDED = {
+    'L_16': 'L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0',
+    'B_16': 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0',
+    'S_16': 'S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0',
+    'R50_L_32': 'R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-'
+                'sd_0.1',
+    'R26_S_32': 'R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-'
+                'sd_0.0',
+    'Ti_16': 'Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
+    'B_32': 'B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0',
+    'S_32': 'S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0',
+    'R_Ti_16': 'R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
+}
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where an official file lives and which config describes it."""
+  bucket_path: str  # e.g. 'vit_models/imagenet21k/ViT-B_16.npz'.
+  filename: str  # e.g. 'ViT-B_16.npz'.
+  model_name: Optional[str]  # Key for models.get_model; None: unregistered.
+
+  def url(self, base_url: Optional[str] = None) -> str:
+    """Public address; `+` is percent-encoded (as %2B)."""
+    base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    return f'{base.rstrip("/")}/{urllib.parse.quote(self.bucket_path)}'
+
+
+def _augreg_model(stem: str) -> Optional[str]:
+  """'B_16-i21k-300ep-...' -> 'B_16' (the longest matching AugReg name)."""
+  names = [k for k in model_configs.AUGREG_CONFIGS if stem.startswith(k + '-')]
+  return max(names, key=len) if names else None
+
+
+def _registered_model(stem: str) -> Optional[str]:
+  """'ViT-B_16' or 'ViT-B_16-224' -> 'ViT-B_16'; None when not registered."""
+  if stem in model_configs.MODEL_CONFIGS:
+    return stem
+  match = re.fullmatch(r'(.*)-\d+', stem)
+  if match and match.group(1) in model_configs.MODEL_CONFIGS:
+    return match.group(1)
+  return None
+
+
+def resolve(name: str, dataset: Optional[str] = None) -> Source:
+  """Maps a model or file name (+ upstream dataset) to its bucket address.
+
+  Args:
+    name: 'ViT-B_16', 'ViT-B_16-224', 'R50+ViT-B_16', 'Mixer-B_16', an AugReg
+      file name ('B_16-i21k-300ep-...', with or without '.npz') or a bare
+      AugReg model name ('B_16': the README's recommended upstream file).
+    dataset: sub-folder of the bucket; default 'imagenet21k' ('gsam' for the
+      '-gap-norep' models). Not used for AugReg names.
+  """
+  stem = name[:-len('.npz')] if name.endswith('.npz') else name
+  stem = AUGREG_RECOMMENDED.get(stem, stem)
+  augreg = _augreg_model(stem)
+  if augreg is not None:
+    if dataset not in (None, 'augreg'):
+      raise ValueError(f'{name} is an AugReg file; it has no --dataset.')
+    return Source(f'vit_models/augreg/{stem}.npz', f'{stem}.npz', augreg)
+  is_mixer = stem.startswith('Mixer-')
+  datasets = MIXER_DATASETS if is_mixer else VIT_DATASETS
+  if dataset is None:
+    dataset = 'gsam' if stem.endswith('-gap-norep') else 'imagenet21k'
+  if dataset not in datasets:
+    raise ValueError(f'Unknown dataset {dataset!r} for {name}; one of '
+                     f'{", ".join(datasets)}.')
+  bucket = 'mixer_models' if is_mixer else 'vit_models'
+  return Source(f'{bucket}/{dataset}/{stem}.npz', f'{stem}.npz',
+                _registered_model(stem))
+
+
+def how_to_get(path: str, model_name: Optional[str] = None) -> str:
+  """A sentence on how to obtain the checkpoint `path` (for messages).
+
+  The file name decides what to download; `model_name` is the fallback when
+  the file name is not an official one.
+  """
+  stem = os.path.basename(path)
+  stem = stem[:-len('.npz')] if stem.endswith('.npz') else stem
+  parent = os.path.basename(os.path.dirname(path))
+  dataset = parent if parent in VIT_DATASETS + MIXER_DATASETS else None
+  source = None
+  for candidate in (stem, model_name):
+    try:
+      source = resolve(candidate, dataset) if candidate else None
+    except ValueError:
+      source = None
+    if source is not None and source.model_name is not None:
+      stem = candidate
+      break
+  if source is None or source.model_name is None:
+    return ('See checkpoints/README.md for the official files and how to '
+            'download them.')
+  flags = f' --dataset={dataset}' if dataset else ''
+  directory = os.path.dirname(path) or '.'
+  if '://' not in path:
+    flags += f' --dir={directory}'
+  renamed = ''
+  if source.filename != os.path.basename(path):
+    renamed = f' (it is saved as {source.filename})'
+  return (f'Download it with `python -m vit_jax.checkpoint download {stem}'
+          f'{flags}`{renamed} or from {source.url(DEFAULT_BASE_URL)} (see '
+          'checkpoints/README.md).')
+
+
+def _total_from_content_range(value: Optional[str]) -> Optional[int]:
+  """'bytes 100-199/200' or 'bytes */200' -> 200."""
+  match = re.search(r'/(\d+)\s*$', value or '')
+  return int(match.group(1)) if match else None
+
+
+def _open_url(url: str, have: int):
+  """Opens `url`, asking for bytes from `have` on; returns (response, have).
+
+  `have` in the result is 0 when the server sends the whole file instead.
+  """
+  headers = {'Range': f'bytes={have}-'} if have else {}
+  try:
+    response = urllib.request.urlopen(
+        urllib.request.Request(url, headers=headers), timeout=60)
+  except urllib.error.HTTPError as e:
+    if e.code == 416 and have:  # Nothing after `have`: complete or too long.
+      if _total_from_content_range(e.headers.get('Content-Range')) == have:
+        return None, have
+      logging.info('%s: partial file is longer than the file; restarting',
+                   url)
+      return _open_url(url, 0)
+    raise CheckpointError(
+        f'Download of {url} failed: HTTP {e.code} {e.reason}. Check the '
+        'name and --dataset (see checkpoints/README.md).') from None
+  except (OSError, http.client.HTTPException) as e:
+    raise CheckpointError(
+        f'Download of {url} failed: {e}. Check your network, or pass '
+        f'--base_url (or set ${BASE_URL_ENV}) to use a mirror.') from None
+  start = _content_range_start(response.headers.get('Content-Range'))
+  if have and (response.status != 206 or start != have):
+    logging.info('%s: server ignored the Range request; restarting', url)
+    have = 0
+  return response, have
+
+
+def _content_range_start(value: Optional[str]) -> Optional[int]:
+  match = re.match(r'bytes (\d+)-', value or '')
+  return int(match.group(1)) if match else None
+
+
+def fetch(url: str, part_path: str, *, progress: bool = True) -> None:
+  """Downloads `url` into `part_path`, resuming from the bytes it has.
+
+  Raises:
+    CheckpointError: on HTTP or network errors, and when the transfer stops
+      early (the partial file is kept so that a second run resumes).
+  """
+  have = os.path.getsize(part_path) if os.path.exists(part_path) else 0
+  response, have = _open_url(url, have)
+  if response is None:
+    return
+  with response:
+    length = response.headers.get('Content-Length')
+    total = have + int(length) if length is not None else None
+    with open(part_path, 'ab' if have else 'wb') as f, tqdm.tqdm(
+        total=total, initial=have, unit='B', unit_scale=True,
+        unit_divisor=1024, desc=os.path.basename(part_path),
+        disable=not progress) as bar:
+      try:
+        while chunk := response.read(_CHUNK):
+          f.write(chunk)
+          bar.update(len(chunk))
+      except (OSError, http.client.HTTPException) as e:
+        raise CheckpointError(
+            f'Download of {url} was interrupted ({e}); run the command '
+            f'again to resume from {part_path}.') from None
+  size = os.path.getsize(part_path)
+  if total is not None and size != total:
+    raise CheckpointError(
+        f'Download of {url} stopped at {size} of {total} bytes; run the '
+        f'command again to resume from {part_path}.')
+
+
+def expected_shapes(model_name: str, params) -> dict:
+  """Abstract params of `model_name` fitted to the file's free dimensions.
+
+  The official files differ from the registered configs in the head size
+  (21843, 1000, ...), the position-embedding length (224 or 384 px) and an
+  optional pre_logits layer; those are taken from `params`, the rest comes
+  from `jax.eval_shape` of the model at 224 px (nothing is allocated).
+  """
+  config = models.get_model_config(model_name)
+  kwargs = {'num_classes': 1}
+  if 'head' in params:
+    kwargs['num_classes'] = params['head']['kernel'].shape[-1]
+  if not models.is_mixer(config) and 'pre_logits' in params:
+    kwargs['representation_size'] = params['pre_logits']['kernel'].shape[-1]
+  model = models.build_model(config, **kwargs)
+  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+      images)['params']
+  posemb = params.get('Transformer', {}).get('posembed_input', {})
+  target = shapes.get('Transformer', {}).get('posembed_input', {})
+  if 'pos_embedding' in posemb and 'pos_embedding' in target:
+    have, want = posemb['pos_embedding'].shape, target['pos_embedding'].shape
+    if len(have) == 3 and have[::2] == want[::2]:
+      target['pos_embedding'] = jax.ShapeDtypeStruct(have, jnp.float32)
+  return shapes
+
+
+def validate(path: str, model_name: Optional[str], *, source: str) -> None:
+  """Loads `path` and checks its keys and shapes against `model_name`."""
+  params = checkpoint.load(path)
+  if model_name is None:
+    logging.warning('%s: no registered config; only checked that it loads.',
+                    source)
+    return
+  expected = expected_shapes(model_name, params)
+  checkpoint.inspect_params(params=params, expected=expected,
+                            source=f'{source} (model {model_name})')
+
+
+def download(name: str, *, directory: str = 'checkpoints',
+             dataset: Optional[str] = None, base_url: Optional[str] = None,
+             force: bool = False, progress: bool = True) -> str:
+  """Downloads, validates and atomically installs an official checkpoint.
+
+  Args:
+    name: model or file name, see `resolve`.
+    directory: destination folder (created if needed).
+    dataset: bucket sub-folder, see `resolve`.
+    base_url: host replacing https://storage.googleapis.com.
+    force: download again even if the file exists.
+    progress: show a tqdm progress bar.
+
+  Returns:
+    Path of the installed file, `<directory>/<filename>`.
+  """
+  source = resolve(name, dataset)
+  url = source.url(base_url)
+  os.makedirs(directory, exist_ok=True)
+  dest = os.path.join(directory, source.filename)
+  if os.path.exists(dest) and not force:
+    print(f'{dest} exists; pass --force to download it again.')
+    return dest
+  part = dest + '.part'
+  if force and os.path.exists(part):
+    os.remove(part)
+  print(f'Downloading {url} to {dest}')
+  fetch(url, part, progress=progress)
+  try:
+    validate(part, source.model_name, source=f'Downloaded file {url}')
+  except CheckpointError as e:
+    os.remove(part)  # Resuming would only reproduce the same bad file.
+    raise CheckpointError(f'{e} The download was deleted.') from None
+  os.replace(part, dest)
+  return dest
+
+
+def inspect_file(path: str) -> None:
+  """Prints every key with its shape, then the parameter count."""
+  flat = traverse_util.flatten_dict(checkpoint.load(path), sep='/')
+  width = max(len(k) for k in flat)
+  for key, x in flat.items():
+    print(f'{key:<{width}}  {x.shape}')
+  floats = sum(x.size for x in flat.values())
+  print(f'{len(flat)} arrays, {floats:,} parameters '
+        f'({floats * 4 / 2**20:.2f} MiB as float32), Linen names.')
+
+
+def main(argv=None) -> int:
+  """Entry point of `python -m vit_jax.checkpoint`; returns the exit code."""
+  parser = argparse.ArgumentParser(
+      prog='python -m vit_jax.checkpoint',
+      description='Download or inspect official ViT / Mixer checkpoints.')
+  commands = parser.add_subparsers(dest='command', required=True)
+  get = commands.add_parser('download', help='download a checkpoint')
+  get.add_argument('name', help='ViT-B_16, R50+ViT-B_16, Mixer-B_16, an '
+                   'AugReg file name, ... (see checkpoints/README.md)')
+  get.add_argument('--dir', default='checkpoints', help='destination folder')
+  get.add_argument('--dataset', default=None, help='bucket folder: '
+                   f'{", ".join(VIT_DATASETS)} (ViT); '
+                   f'{", ".join(MIXER_DATASETS)} (Mixer)')
+  get.add_argument('--base_url', default=None,
+                   help=f'host to use instead of {DEFAULT_BASE_URL} '
+                   f'(or set ${BASE_URL_ENV})')
+  get.add_argument('--force', action='store_true', help='download again')
+  show = commands.add_parser('inspect', help='print keys, shapes and sizes')
+  show.add_argument('file')
+  args = parser.parse_args(argv)
+  try:
+    if args.command == 'download':
+      path = download(args.name, directory=args.dir, dataset=args.dataset,
+                      base_url=args.base_url, force=args.force)
+      print(f'Saved {path}')
+    else:
+      inspect_file(args.file)
+  except (ValueError, KeyError) as e:  # CheckpointError is a ValueError.
+    print(f'error: {e.args[0] if e.args else e}', file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print('interrupted; run the same command again to resume.',
+          file=sys.stderr)
+    return 130
+  return 0
