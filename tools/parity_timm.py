@@ -17,6 +17,8 @@ crashed here), so the script runs in three steps:
 The `jax` step writes ViT-B_16.npz (~394 MiB), inputs.npy and jax_logits.npy;
 `timm` writes timm_logits.npy; `compare` prints the max-abs difference.
 """
+# Imports live in the step that needs them: torch and JAX never share a
+# process. pylint: disable=g-import-not-at-top
 
 import argparse
 import os
@@ -35,17 +37,17 @@ def random_params(shapes, seed: int = 0):
     noise = 0.02 * rng.standard_normal(shape).astype(np.float32)
     return noise + 1 if path[-1] == 'scale' else noise
 
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
   return jax.tree_util.tree_map_with_path(
       lambda p, s: init([k.key for k in p], s.shape), shapes)
 
 
 def run_jax(out: str) -> None:
   """Writes the file and the inputs, and our logits."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from vit_jax import checkpoint
+  from vit_jax import models
   os.makedirs(out, exist_ok=True)
   upstream = models.get_model('ViT-B_16', num_classes=NUM_CLASSES,
                               representation_size=768)
@@ -70,12 +72,12 @@ def run_jax(out: str) -> None:
 
 def run_timm(out: str) -> None:
   """timm's reader and model on the same file and inputs."""
-  import timm  # pylint: disable=g-import-not-at-top
-  from timm.models import vision_transformer  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import timm
+  from timm.models import vision_transformer as vt
+  import torch
   model = timm.create_model('vit_base_patch16_224', pretrained=False,
                             num_classes=NUM_CLASSES, act_layer='gelu_tanh')
-  vision_transformer._load_weights(  # pylint: disable=protected-access
+  vt._load_weights(  # pylint: disable=protected-access
       model, os.path.join(out, 'ViT-B_16.npz'))
   model.eval()
   x = np.load(os.path.join(out, 'inputs.npy')).transpose(0, 3, 1, 2)
