@@ -134,8 +134,19 @@ class NormalizeTest(absltest.TestCase):
 
 class DigitsTest(absltest.TestCase):
 
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.parent = tempfile.mkdtemp()  # Written once: ~1 s.
+    cls.root = digits.ensure_digits(os.path.join(cls.parent, 'digits'))
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.parent)
+    super().tearDownClass()
+
   def test_writes_stratified_split_once(self):
-    root = digits.ensure_digits(os.path.join(_tempdir(self), 'd'))
+    root = self.root
     counts = {}
     for split in ('train', 'test'):
       for label in range(10):
@@ -147,14 +158,14 @@ class DigitsTest(absltest.TestCase):
       total = counts['train', i] + counts['test', i]
       self.assertEqual(counts['test', i], round(0.2 * total))
     self.assertEqual(counts['test', 0], 36)
-    self.assertEqual(sorted(os.listdir(os.path.dirname(root))), ['d'])
+    self.assertEqual(os.listdir(self.parent), ['digits'])  # No leftovers.
     mtime = os.path.getmtime(root)
     self.assertEqual(digits.ensure_digits(root), root)
     self.assertEqual(os.path.getmtime(root), mtime)
 
   def test_pixels(self):
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
-    root = digits.ensure_digits(os.path.join(_tempdir(self), 'd'))
+    root = self.root
     source = datasets.load_digits()
     path = os.path.join(root, 'train', str(source.target[1]), '0001.png')
     if not os.path.exists(path):
@@ -178,7 +189,7 @@ class DigitsTest(absltest.TestCase):
       self.assertEqual(digits.default_dir(), '/x/y/digits')
 
   def test_digits_dataset_end_to_end(self):
-    env = {'VIT_JAX_DATA_DIR': _tempdir(self)}
+    env = {'VIT_JAX_DATA_DIR': self.parent}  # Reuses the written folder.
     with mock.patch.dict(os.environ, env):
       config = _config('digits', batch=8, batch_eval=100)
       info = ip.get_dataset_info(config)
@@ -217,7 +228,10 @@ class FolderPipelineTest(absltest.TestCase):
     return ip.get_datasets(config, **kw)
 
   def test_info_counts_images_only(self):
-    info = ip.get_dataset_info(self.config())
+    with self.assertLogs('absl', 'WARNING') as logs:
+      info = ip.get_dataset_info(self.config())
+    self.assertIn('Skipping 1 non-image file(s)', logs.output[0])
+    self.assertIn('notes.txt', logs.output[0])
     self.assertEqual(info, ip.DatasetInfo(2, ['cat', 'dog'], 11, 5))
 
   def test_shapes_dtypes_range(self):
@@ -255,10 +269,11 @@ class FolderPipelineTest(absltest.TestCase):
     other = _batches(self.datasets(self.config(seed=1))[0], 6)
     self.assertFalse(np.array_equal(other[0]['image'], first[0]['image']))
 
-  def _stream_order(self, epochs):
+  def _stream_order(self, epochs, **kw):
     """Which train file each of the first epochs * 11 positions holds."""
     # Full-area crops without flips make train images equal eval images.
     config = self.config(batch=1, crop_area_min=1.0, flip=False)
+    config.update(kw)
     files = [os.path.join(parent, f)
              for parent, _, names in os.walk(f'{self.root}/train')
              for f in names if not f.endswith('.txt')]
@@ -275,6 +290,22 @@ class FolderPipelineTest(absltest.TestCase):
       self.assertCountEqual(epoch, range(11))
     self.assertFalse(np.array_equal(order[0], order[1]))
     self.assertFalse(np.array_equal(order[1], order[2]))
+
+  def test_small_shuffle_buffer_still_visits_all_once_per_epoch(self):
+    order = self._stream_order(3, shuffle_buffer=4)[0].reshape(3, 11)
+    for epoch in order:
+      self.assertCountEqual(epoch, range(11))
+    # The chunks of 4 start at a random rotation each epoch.
+    self.assertLen({tuple(sorted(epoch[:4])) for epoch in order}, 3)
+
+  def test_tf_global_seed_plays_no_part(self):
+    first = _batches(self.datasets(self.config())[0], 3)
+    tf.random.set_seed(123)
+    try:
+      second = _batches(self.datasets(self.config())[0], 3)
+    finally:
+      tf.random.set_seed(None)
+    _assert_batches_equal(self, second, first)
 
   def test_augmentation_differs_at_every_position(self):
     order, files = self._stream_order(3)  # Shuffling ignores pp settings.
@@ -296,6 +327,26 @@ class FolderPipelineTest(absltest.TestCase):
     for step in (1, 2, 3, 8):
       resumed = _batches(self.datasets(config, start_step=step)[0], 2)
       _assert_batches_equal(self, resumed, reference[step:step + 2])
+    config.shuffle_buffer = 3  # Several shuffle chunks per epoch.
+    reference = _batches(self.datasets(config)[0], 9)
+    for step in (2, 5, 7):
+      resumed = _batches(self.datasets(config, start_step=step)[0], 2)
+      _assert_batches_equal(self, resumed, reference[step:step + 2])
+
+  def test_resume_does_not_decode_skipped_examples(self):
+    order, files = self._stream_order(1)
+    root = os.path.join(_tempdir(self), 'copy')
+    shutil.copytree(self.root, root)
+    config = _config(root, batch=1, crop_area_min=1.0, flip=False)
+    train = self.datasets(config, start_step=8)[0]  # Validates all files.
+    for index in order[:8]:  # Breaks the 8 examples a resume skips.
+      with open(files[index].replace(self.root, root), 'wb') as f:
+        f.write(b'broken')
+    got = _concat(*_batches(train, 3))['image']
+    for image, index in zip(got, order[8:]):
+      want = ip.preprocess_for_eval(
+          ip.decode_image(tf.io.read_file(files[index])), CROP)
+      np.testing.assert_allclose(image, want.numpy(), atol=1e-6)
 
   def test_two_processes_make_the_global_batch(self):
     config = self.config()

@@ -5,13 +5,15 @@ where `data` is encoded image bytes (tfds) or a file path (folders). Records
 are cheap to skip; decoding happens only for the examples a process keeps.
 
 The training stream is a pure function of (config.seed, dataset,
-config.batch). Global position g = epoch * n + k holds the k-th record of
-that epoch's shuffle, which is seeded by (seed, epoch); the augmentation of
-position g is seeded by (seed, g) through stateless ops. So a restart at
+config.batch, config.shuffle_buffer). Global position g = epoch * n + k
+holds the k-th record of that epoch's shuffle, seeded by (seed, epoch); the
+augmentation of position g is seeded by (seed, g). Both use stateless ops
+only, so nothing else (TF's global seed, thread timing) can change them. So a restart at
 step s skips s * batch records (at most one epoch's, undecoded) and yields
 exactly what an uninterrupted run would. Process p of P keeps the positions
 g with p * batch / P <= g % batch < (p + 1) * batch / P, i.e. its rows of
-every global batch, whatever P is.
+every global batch, whatever P is (each process reads, but does not
+decode, the others' records).
 
 Preprocessing is the original's: train = Inception crop, resize to crop x
 crop, random flip; eval = resize to crop x crop; both map [0, 255] to
@@ -50,6 +52,8 @@ class DatasetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
+  """What the model and the logs need to know about a dataset."""
+
   num_classes: int
   class_names: list[str]  # Readable where available, else str ids.
   num_train_examples: int
@@ -230,6 +234,30 @@ def _random_key(seed: int, tag: int, value) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(key, value)
 
 
+def _shuffle(records: tf.data.Dataset, n: int, buffer_size: int,
+             key) -> tf.data.Dataset:
+  """The n records in a random order that depends only on key (int64 (2,)).
+
+  A uniform permutation inside each run of buffer_size consecutive records
+  (all n when they fit), after rotating the records by a random amount so
+  the runs differ from epoch to epoch. Unlike Dataset.shuffle, this is
+  stateless: TF's global seed plays no part.
+  """
+  if n > buffer_size:
+    shift = tf.random.stateless_uniform([], key, 0, n, dtype=tf.int64)
+    records = records.skip(shift).concatenate(records.take(shift))
+
+  def permute(index, chunk):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(tf.shape(chunk[1])[0]),
+        tf.random.experimental.stateless_fold_in(key, index))
+    return tf.nest.map_structure(lambda t: tf.gather(t, order), chunk)
+
+  chunks = records.batch(buffer_size).enumerate().map(permute)
+  # Reads the next chunk while this one is consumed (2 chunks in memory).
+  return chunks.prefetch(1).unbatch()
+
+
 def _train_dataset(source: _Source, config, start_step: int, index: int,
                    count: int) -> tf.data.Dataset:
   """Infinite, shuffled, augmented, batched; see the module docstring."""
@@ -240,11 +268,7 @@ def _train_dataset(source: _Source, config, start_step: int, index: int,
   records, seed, from_files = source.train, config.seed, source.from_files
 
   def epoch(e):
-    shuffle_seed = tf.random.stateless_uniform(
-        [], _random_key(seed, _SHUFFLE_TAG, e), minval=None, maxval=None,
-        dtype=tf.int64)
-    ds = records.shuffle(buffer_size, seed=shuffle_seed,
-                         reshuffle_each_iteration=False)
+    ds = _shuffle(records, n, buffer_size, _random_key(seed, _SHUFFLE_TAG, e))
     # Skipping raw records (before decoding) is what makes resume cheap.
     skip = tf.where(e == first_epoch, tf.constant(offset, tf.int64), 0)
     ds = ds.enumerate().skip(skip)
@@ -463,7 +487,7 @@ def _check_images(paths: list[str]) -> None:
   """Decodes every image once with PIL; raises naming the corrupt ones."""
   workers = min(32, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    problems = list(pool.map(_image_problem, paths, chunksize=64))
+    problems = list(pool.map(_image_problem, paths))
   bad = [f'{p}: {why}' for p, why in zip(paths, problems) if why]
   if bad:
     raise DatasetError(
