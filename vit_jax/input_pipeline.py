@@ -8,12 +8,12 @@ The training stream is a pure function of (config.seed, dataset,
 config.batch, config.shuffle_buffer). Global position g = epoch * n + k
 holds the k-th record of that epoch's shuffle, seeded by (seed, epoch); the
 augmentation of position g is seeded by (seed, g). Both use stateless ops
-only, so nothing else (TF's global seed, thread timing) can change them. So a restart at
-step s skips s * batch records (at most one epoch's, undecoded) and yields
-exactly what an uninterrupted run would. Process p of P keeps the positions
-g with p * batch / P <= g % batch < (p + 1) * batch / P, i.e. its rows of
-every global batch, whatever P is (each process reads, but does not
-decode, the others' records).
+only, so nothing else (TF's global seed, thread timing) changes them. A
+restart at step s starts at epoch s * batch // n and skips the first
+s * batch % n records of it, undecoded: it yields exactly what an
+uninterrupted run would. Process p of P keeps the positions g with
+p * batch / P <= g % batch < (p + 1) * batch / P, i.e. its rows of every
+global batch, whatever P is (it reads, but does not decode, the others').
 
 Preprocessing is the original's: train = Inception crop, resize to crop x
 crop, random flip; eval = resize to crop x crop; both map [0, 255] to
