@@ -1,0 +1,60 @@
+"""Smoke tests of the throughput benchmark (tiny model, two steps)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+from vit_jax import benchmark
+
+_FIELDS = ('img_per_sec', 'step_ms', 'first_step_s', 'compile_s',
+           'peak_host_mem_mb', 'flops_per_step', 'achieved_flops',
+           'matmul_peak_flops', 'mfu_vs_matmul_peak')
+
+
+def _cli(cache_dir, mode='train'):
+  """One `python -m vit_jax.benchmark` run of the tiny model; its record."""
+  cmd = [sys.executable, '-m', 'vit_jax.benchmark', '--model=testing',
+         '--res=32', '--batch=4', f'--mode={mode}', '--steps=2',
+         '--warmup=1', f'--cache_dir={cache_dir}']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                       check=True, timeout=300).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+class BenchmarkTest(absltest.TestCase):
+
+  def test_cli_fields_and_compilation_cache(self):
+    with tempfile.TemporaryDirectory() as cache:
+      first = _cli(cache)
+      second = _cli(cache)
+    for field in _FIELDS:
+      self.assertGreater(first[field], 0, field)
+    self.assertEqual(
+        {k: first[k] for k in ('impl', 'model', 'res', 'batch', 'mode')},
+        {'impl': 'vit_jax', 'model': 'testing', 'res': 32, 'batch': 4,
+         'mode': 'train'})
+    self.assertAlmostEqual(first['img_per_sec'] * first['step_ms'], 4e3,
+                           places=6)
+    self.assertFalse(first['cache_hit'])
+    self.assertTrue(second['cache_hit'])
+    # The same program from the cache computes the same losses.
+    self.assertEqual(first['losses'], second['losses'])
+
+  def test_infer_in_process(self):
+    config = benchmark.benchmark_config(model='testing', res=32, batch=4)
+    peak = benchmark.matmul_peak(sizes=(128,), reps=2)
+    record = benchmark.run(config, mode='infer', steps=2, warmup=1,
+                           peak_flops=peak)
+    for field in _FIELDS:
+      self.assertGreater(record[field], 0, field)
+    self.assertEqual(record['mode'], 'infer')
+    self.assertLess(record['mfu_vs_matmul_peak'], 10.0)
+
+
+if __name__ == '__main__':
+  absltest.main()
