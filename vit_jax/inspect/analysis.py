@@ -32,7 +32,9 @@ class Analysis(NamedTuple):
   rollout_maps: Array
 
 
-def _build(model, image_hw, renormalize):
+def build_analysis(model, image_hw: Sequence[int], renormalize: bool = False
+                   ) -> Callable[[Any, Array], Analysis]:
+  """Traceable (not jitted) `analyze(params, images)`, to compose in a jit."""
   geo = capture.geometry(model, image_hw)
 
   def analyze(params, images: Array) -> Analysis:
@@ -45,8 +47,8 @@ def _build(model, image_hw, renormalize):
         for w in weights], axis=1)
     heads_mean = jnp.stack(
         [jnp.mean(w.astype(jnp.float32), axis=1) for w in weights])
-    maps = rollout.map_from_rollout(rollout.rollout_from_mean(heads_mean),
-                                    geo.grid, geo.num_prefix_tokens)
+    row = rollout.rollout_row(heads_mean, geo.num_prefix_tokens)
+    maps = rollout.map_from_row(row, geo.grid, geo.num_prefix_tokens)
     return Analysis(logits, dist, maps)
 
   return analyze
@@ -66,7 +68,7 @@ def make_analysis_fn(model, image_hw: Sequence[int],
   hw = tuple(int(v) for v in image_hw)
   kind = f'analysis-{hw}-{bool(renormalize)}'
   return capture.cached_jit(kind, model,
-                            lambda m: _build(m, hw, bool(renormalize)))
+                            lambda m: build_analysis(m, hw, bool(renormalize)))
 
 
 def make_forward_fn(model) -> Callable[[Any, Array], Array]:

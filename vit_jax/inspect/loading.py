@@ -11,13 +11,12 @@ import json
 import os
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
-import scipy.ndimage
 
+from vit_jax import checkpoint
 from vit_jax import models
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
@@ -38,24 +37,12 @@ class LoadedModel(NamedTuple):
 
 
 def load_params(path: str):
-  """Nested Linen params from an `.npz` via `vit_jax.checkpoint.load`."""
-  try:
-    from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    checkpoint = None
-  if checkpoint is not None:
-    try:
-      return checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-      raise InspectError(f'cannot load checkpoint {path}: {e}') from e
-  # Until checkpoint.py lands: a flat npz with '/'-joined Linen names.
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      flat = {tuple(k.split('/')): np.asarray(data[k], np.float32)
-              for k in data.files}
-  except (OSError, ValueError, KeyError) as e:
-    raise InspectError(f'cannot load checkpoint {path}: {e}') from e
-  return traverse_util.unflatten_dict(flat)
+  """Nested Linen params (float32 numpy) of an official-layout `.npz`.
+
+  Raises:
+    checkpoint.CheckpointError: a ValueError naming the file and problem.
+  """
+  return checkpoint.load(path)
 
 
 def _read_workdir(path: str):
@@ -97,36 +84,41 @@ def _head_fields(params) -> dict:
   return fields
 
 
-def load_model(checkpoint: str, model_name: Optional[str] = None,
+def load_model(checkpoint_path: str, model_name: Optional[str] = None,
                resolution: Optional[int] = None) -> LoadedModel:
   """Builds the model and its params from an `.npz` file or a workdir.
 
   Args:
-    checkpoint: path of an official-layout `.npz` or a training workdir.
+    checkpoint_path: official-layout `.npz` (local, gs:// or https://) or a
+      training workdir.
     model_name: registered config name; required for `.npz`, optional for a
       workdir (must then agree with model.json).
     resolution: square input size in pixels; defaults to the workdir's or
       224. Position embeddings are resized to it when needed.
   """
   class_names = None
-  if os.path.isdir(checkpoint):
-    config, params, meta = _read_workdir(checkpoint)
+  if os.path.isdir(checkpoint_path):
+    config, params, meta = _read_workdir(checkpoint_path)
     saved_name = meta.get('model_name') or config.get('model_name')
     if model_name and saved_name and model_name != saved_name:
       raise InspectError(f'--model={model_name} disagrees with the workdir '
-                         f'{checkpoint}, whose model.json says {saved_name}.')
+                         f'{checkpoint_path}, whose model.json says '
+                         f'{saved_name}.')
     model_name = saved_name or model_name or 'unknown'
     class_names = meta.get('class_names')
     resolution = resolution or meta.get('resolution')
-  elif os.path.isfile(checkpoint):
-    config = _official_config(model_name, checkpoint)
-    params = load_params(checkpoint)
   else:
-    raise InspectError(f'checkpoint {checkpoint} does not exist.')
+    checkpoint.check_exists(checkpoint_path, model_name=model_name)
+    config = _official_config(model_name, checkpoint_path)
+    params = load_params(checkpoint_path)
   resolution = int(resolution or DEFAULT_RESOLUTION)
   model = models.build_model(config, **_head_fields(params))
-  params = _adapt_posembed(model, params, resolution)
-  _check_params(model, params, resolution, model_name)
+  expected = _expected_params(model, resolution)
+  params = _adapt_posembed(model, params, expected)
+  params = checkpoint.inspect_params(
+      params=params, expected=expected,
+      source=f'Checkpoint {checkpoint_path} (as {model_name} at {resolution} '
+      'px)')
   return LoadedModel(model, params, model_name, resolution, class_names)
 
 
@@ -136,62 +128,24 @@ def _expected_params(model, resolution: int):
       lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)['params']
 
 
-def _check_params(model, params, resolution: int, name: str) -> None:
-  """Raises InspectError naming the first mismatching parameters."""
-  want = traverse_util.flatten_dict(_expected_params(model, resolution))
-  got = traverse_util.flatten_dict(params)
-  problems = [f'{"/".join(k)}: missing' for k in want if k not in got]
-  problems += [f'{"/".join(k)}: shape {tuple(np.shape(got[k]))}, model '
-               f'wants {tuple(v.shape)}' for k, v in want.items()
-               if k in got and tuple(np.shape(got[k])) != tuple(v.shape)]
-  if problems:
-    raise InspectError(
-        f'the checkpoint does not fit {name} at {resolution} px: '
-        + '; '.join(problems[:4]) + (' ...' if len(problems) > 4 else ''))
-
-
-def _adapt_posembed(model, params, resolution: int):
+def _adapt_posembed(model, params, expected):
   """Resizes the position embedding when the file's grid differs."""
   tree = params.get('Transformer', {}).get('posembed_input')
-  if tree is None or getattr(model, 'transformer', None) is None:
+  want = expected.get('Transformer', {}).get('posembed_input')
+  if tree is None or want is None:
     return params
-  want = _expected_params(model, resolution)
-  target = want['Transformer']['posembed_input']['pos_embedding'].shape
+  target = want['pos_embedding'].shape
   posemb = np.asarray(tree['pos_embedding'])
   if posemb.shape == target:
     return params
-  prefix = 1 if model.classifier == 'token' else 0
-  resized = resize_posembed(posemb, target[1], prefix)
+  # The official recipe (linear, square grids); the class row is kept.
+  resized = checkpoint.interpolate_posembed(
+      posemb, num_tokens=target[1],
+      has_class_token=model.classifier in ('token', 'token_unpooled'))
   params = dict(params)
   params['Transformer'] = dict(params['Transformer'])
   params['Transformer']['posembed_input'] = {'pos_embedding': resized}
   return params
-
-
-def resize_posembed(posemb: np.ndarray, num_tokens: int,
-                    num_prefix_tokens: int) -> np.ndarray:
-  """(1, T_old, D) -> (1, num_tokens, D), linear on a square grid.
-
-  Uses `vit_jax.checkpoint.interpolate_posembed` when it exists; otherwise
-  the official recipe (prefix rows kept, `scipy.ndimage.zoom(order=1)`).
-  """
-  try:
-    from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    return np.asarray(checkpoint.interpolate_posembed(
-        posemb, num_tokens=num_tokens,
-        has_class_token=num_prefix_tokens == 1))
-  except (ImportError, AttributeError):
-    pass
-  prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
-  old, new = (int(round(np.sqrt(n))) for n in
-              (len(grid), num_tokens - num_prefix_tokens))
-  if old * old != len(grid) or new * new != num_tokens - num_prefix_tokens:
-    raise InspectError('position embeddings can only be resized between '
-                       f'square grids; got {len(grid)} -> '
-                       f'{num_tokens - num_prefix_tokens} patch tokens.')
-  grid = scipy.ndimage.zoom(grid.reshape(old, old, -1),
-                            (new / old, new / old, 1), order=1)
-  return np.concatenate([prefix, grid.reshape(1, new * new, -1)], axis=1)
 
 
 def list_images(spec: str) -> List[str]:

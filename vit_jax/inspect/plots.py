@@ -92,8 +92,7 @@ def plot_position_similarity(sim, grid_shape: Sequence[int],
   """
   gh, gw = (int(g) for g in grid_shape)
   mosaic = np.asarray(position.similarity_mosaic(np.asarray(sim), (gh, gw)))
-  cmap = colormaps['viridis'].copy()
-  cmap.set_bad('black')  # The NaN borders.
+  cmap = colormaps['viridis'].with_extremes(bad='black')  # NaN borders.
   fig = _new_figure(4.6, 4.0)
   ax = fig.add_subplot(1, 1, 1)
   image = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1,

@@ -1,0 +1,208 @@
+"""Tests for attention capture, the fused analysis and the inspect CLI on
+tiny synthetic checkpoints (no network, a few seconds)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from flax import traverse_util
+import jax
+import numpy as np
+from PIL import Image
+
+from vit_jax import checkpoint
+from vit_jax import models
+from vit_jax import inspect as vi
+from vit_jax.inspect import cli
+from vit_jax.inspect import loading
+
+TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
+    'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
+    'transformer': {'mlp_dim': 16, 'num_heads': 2, 'num_layers': 2,
+                    'attention_dropout_rate': 0.0, 'dropout_rate': 0.0},
+    'classifier': 'token', 'representation_size': None,
+}
+TINY_HYBRID = dict(TINY_VIT, model_name='tiny-hybrid',
+                   patches={'size': [4, 4]},
+                   resnet={'num_layers': [1], 'width_factor': 0.5})
+TINY_MIXER = {'model_name': 'tiny-mixer', 'patches': {'size': [8, 8]},
+              'hidden_dim': 8, 'num_blocks': 1, 'tokens_mlp_dim': 8,
+              'channels_mlp_dim': 8}
+
+
+def init_params(model, resolution, seed=0):
+  """Random params of the right shapes (no eager init: tests stay fast)."""
+  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), np.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(shapes['params'])
+  # Scales near 1 keep LayerNorm/GroupNorm outputs of order one; the random
+  # head makes predictions depend on the image.
+  return traverse_util.unflatten_dict({
+      k: (float(k[-1] == 'scale') + rng.normal(scale=0.3, size=v.shape)
+          ).astype(np.float32) for k, v in flat.items()})
+
+
+def save_npz(path, params):
+  checkpoint.save(params, path)  # The official layout (pre-Linen names).
+
+
+def make_workdir(root, config, num_classes=3, resolution=32):
+  os.makedirs(root)
+  model = models.build_model(config, num_classes=num_classes)
+  save_npz(os.path.join(root, 'model.npz'), init_params(model, resolution))
+  with open(os.path.join(root, 'model.json'), 'w') as f:
+    json.dump({'model_name': config['model_name'], 'model': config,
+               'num_classes': num_classes, 'resolution': resolution,
+               'class_names': ['a', 'b', 'c'][:num_classes]}, f)
+  return root
+
+
+class CaptureTest(absltest.TestCase):
+
+  def test_attention_shapes_and_fused_analysis_agree(self):
+    model = models.build_model(TINY_VIT, num_classes=3)
+    params = init_params(model, 32)
+    images = np.random.default_rng(0).uniform(
+        -1, 1, (3, 32, 32, 3)).astype(np.float32)
+    att = np.asarray(vi.attention_weights(model, params, images))
+    self.assertEqual(att.shape, (2, 3, 2, 17, 17))
+    np.testing.assert_allclose(att.sum(-1), 1, atol=1e-5)
+    self.assertGreater(np.ptp(att), 1e-3)
+    out = vi.make_analysis_fn(model, (32, 32))(params, images)
+    np.testing.assert_allclose(
+        out.distance.mean(0), vi.mean_attention_distance(att, (4, 4), 8),
+        rtol=1e-5)
+    np.testing.assert_allclose(out.rollout_maps,
+                               vi.rollout_map(att, (4, 4)), rtol=1e-5)
+    np.testing.assert_allclose(
+        out.logits, vi.make_forward_fn(model)(params, images), rtol=1e-5,
+        atol=1e-6)
+
+  def test_hybrid(self):
+    model = models.build_model(TINY_HYBRID, num_classes=2)
+    params = init_params(model, 32)
+    geo = vi.geometry(model, (32, 32))
+    self.assertEqual(geo, vi.Geometry((2, 2), (16, 16), 1))
+    att = vi.attention_weights(model, params, np.zeros((2, 32, 32, 3)))
+    self.assertEqual(att.shape, (2, 2, 2, 5, 5))
+
+  def test_mixer_has_no_attention(self):
+    model = models.build_model(TINY_MIXER, num_classes=2)
+    with self.assertRaisesRegex(ValueError, 'MLP-Mixer'):
+      vi.attention_weights(model, {}, np.zeros((1, 32, 32, 3)))
+
+
+class CliTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    cls.images = os.path.join(cls.root, 'images')
+    os.makedirs(cls.images)
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 30), (32, 32), (50, 64)]):
+      Image.fromarray(rng.integers(0, 255, size + (3,), np.uint8)).save(
+          os.path.join(cls.images, f'img{i}.png'))
+    cls.npz = os.path.join(cls.root, 'testing.npz')
+    save_npz(cls.npz, init_params(models.get_model('testing', num_classes=3),
+                                  32))
+    cls.workdir = make_workdir(os.path.join(cls.root, 'work'), TINY_VIT)
+
+  def out_dir(self):
+    return tempfile.mkdtemp(dir=self.root)
+
+  def test_npz_end_to_end(self):
+    out = self.out_dir()
+    cli.run(cli.Options(checkpoint=self.npz, model='testing', out=out,
+                        images=self.images, resolution=32))
+    files = sorted(os.listdir(out))
+    self.assertEqual(files, ['distance.png', 'filters.png', 'inspect.json',
+                             'position.png', 'rollout.png'])
+    with open(os.path.join(out, 'inspect.json')) as f:
+      summary = json.load(f)
+    self.assertEqual(summary['grid'], [2, 2])
+    self.assertEqual(summary['distance']['shape'], [1, 2])
+    self.assertEqual(np.shape(summary['distance']['mean_distance']), (1, 2))
+    self.assertEqual(summary['rollout']['shape'], [3, 2, 2])
+    self.assertEqual(summary['position']['shape'], [4, 4])
+    # D = 10 filters limit the number of components.
+    self.assertLen(summary['filters']['explained_variance_ratio'], 10)
+    self.assertLen(summary['top1'], 3)
+    for name in ('filters', 'position', 'distance', 'rollout'):
+      with Image.open(os.path.join(out, f'{name}.png')) as img:
+        self.assertGreater(img.size[0], 100)
+
+  def test_workdir_and_posemb_resize(self):
+    out = self.out_dir()
+    summary = cli.run(cli.Options(
+        checkpoint=self.workdir, out=out, images=self.images,
+        figures=('position', 'distance'), resolution=64, batch_size=2))
+    self.assertEqual(summary['model_name'], 'tiny-vit')
+    self.assertEqual(summary['grid'], [8, 8])
+    self.assertEqual(summary['position']['shape'], [64, 64])
+    self.assertEqual(summary['distance']['shape'], [2, 2])
+    self.assertLen(summary['top1_names'], 3)
+    self.assertEqual(sorted(os.listdir(out)),
+                     ['distance.png', 'inspect.json', 'position.png'])
+
+  def test_workdir_model_disagrees(self):
+    with self.assertRaisesRegex(loading.InspectError, 'disagrees'):
+      cli.run(cli.Options(checkpoint=self.workdir, model='ViT-B_16',
+                          out=self.out_dir(), figures=('filters',)))
+
+  def assert_fails_cleanly(self, pattern, **kw):
+    out = self.out_dir()
+    with self.assertRaisesRegex(ValueError, pattern):
+      cli.run(cli.Options(out=out, **kw))
+    self.assertEqual(os.listdir(out), [])
+
+  def test_bad_image(self):
+    folder = os.path.join(self.root, 'bad')
+    os.makedirs(folder, exist_ok=True)
+    bad = os.path.join(folder, 'broken.png')
+    with open(bad, 'wb') as f:
+      f.write(b'not a png')
+    self.assert_fails_cleanly('cannot decode image .*broken.png',
+                              checkpoint=self.npz, model='testing',
+                              images=f'{self.images},{folder}',
+                              resolution=32)
+
+  def test_mixer(self):
+    workdir = make_workdir(os.path.join(self.root, 'mixer'), TINY_MIXER)
+    self.assert_fails_cleanly('MLP-Mixer', checkpoint=workdir,
+                              images=self.images)
+    out = self.out_dir()
+    summary = cli.run(cli.Options(checkpoint=workdir, out=out,
+                                  figures=('filters',)))
+    self.assertEqual(summary['filters']['num_components'], 8)
+
+  def test_grid_and_shape_mismatch(self):
+    self.assert_fails_cleanly('not a multiple of the token stride 16x16',
+                              checkpoint=self.npz, model='testing',
+                              images=self.images, resolution=40)
+    self.assert_fails_cleanly('ViT-Ti_16 at 32 px.* does not match the model',
+                              checkpoint=self.npz, model='ViT-Ti_16',
+                              figures=('filters',), resolution=32)
+
+  def test_command_line_error_is_one_paragraph(self):
+    out = os.path.join(self.root, 'cmd')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'vit_jax.inspect', '--model=testing',
+         f'--checkpoint={self.npz}', f'--out={out}',
+         f'--images={os.path.join(self.root, "missing.png")}'],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    self.assertEqual(proc.returncode, 1)
+    self.assertNotIn('Traceback', proc.stderr)
+    self.assertIn('missing.png does not exist', proc.stderr)
+    self.assertFalse(os.path.exists(out))
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,94 @@
+"""Cost of inspection relative to a plain forward pass.
+
+  python -m vit_jax.inspect.benchmark --model=ViT-B_16 --batch=128 --res=224
+
+Times (median of --repeats runs after one warm-up) a jitted forward pass
+against one jitted call that runs the same forward with attention capture
+and computes all four analyses: per-image attention distance and rollout
+maps (reduced per layer inside the jit), embedding-filter PCA and position
+similarity. Prints one JSON line with both times and their ratio (target
+<= 1.15). Parameters are random: timing does not depend on their values.
+"""
+
+import json
+import statistics
+import time
+
+from absl import app
+from absl import flags
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import models
+from vit_jax.inspect import analysis
+from vit_jax.inspect import filters
+from vit_jax.inspect import position
+
+_MODEL = flags.DEFINE_string('model', 'ViT-B_16', 'Registered ViT name.')
+_BATCH = flags.DEFINE_integer('batch', 128, 'Images per call.')
+_RES = flags.DEFINE_integer('res', 224, 'Square image size in pixels.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per function.')
+
+
+def random_params(model, res: int, seed: int = 0):
+  """Params of the right shapes filled with small random values."""
+  x = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(shapes['params'])
+  return jax.device_put(traverse_util.unflatten_dict({
+      k: (float(k[-1] == 'scale') + rng.normal(scale=0.02, size=v.shape)
+          ).astype(np.float32) for k, v in flat.items()}))
+
+
+def make_inspect_fn(model, res: int):
+  """One jit: forward + capture + distance + rollout + filters + position."""
+  analyze = analysis.build_analysis(model, (res, res))
+
+  def inspect_all(params, images):
+    out = analyze(params, images)
+    pcs = filters.embedding_filters(params['embedding']['kernel'], 28)
+    grid = out.rollout_maps.shape[1:]
+    sim = position.posemb_similarity(
+        params['Transformer']['posembed_input']['pos_embedding'], grid)
+    return out, pcs, sim
+
+  return jax.jit(inspect_all)
+
+
+def median_seconds(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # Warm-up: compile and first run.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def run(name: str, batch: int, res: int, repeats: int) -> dict:
+  model = models.get_model(name, num_classes=1000)
+  params = random_params(model, res)
+  images = jax.device_put(np.random.default_rng(1).uniform(
+      -1, 1, (batch, res, res, 3)).astype(np.float32))
+  forward = median_seconds(analysis.make_forward_fn(model), params, images,
+                           repeats=repeats)
+  inspect = median_seconds(make_inspect_fn(model, res), params, images,
+                           repeats=repeats)
+  return {'model': name, 'batch': batch, 'res': res, 'repeats': repeats,
+          'device': jax.devices()[0].device_kind,
+          'forward_s': round(forward, 4), 'inspect_s': round(inspect, 4),
+          'ratio': round(inspect / forward, 4)}
+
+
+def main(argv):
+  del argv
+  print(json.dumps(run(_MODEL.value, _BATCH.value, _RES.value,
+                       _REPEATS.value)))
+
+
+if __name__ == '__main__':
+  app.run(main)
