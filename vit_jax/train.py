@@ -235,12 +235,29 @@ def evaluate(eval_fn: Callable, params: Any, test_ds,
   return float(correct) / max(float(total), 1.0)
 
 
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def latest_checkpoint_step(workdir: str) -> int:
+  """Step of the newest *complete* checkpoint (0 if none).
+
+  Orbax writes into a temporary directory and renames it when done, so a
+  checkpoint interrupted mid-write is never reported here.
+  """
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return 0
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+  step = manager.latest_step()
+  manager.close()
+  return step or 0
+
+
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   """Orbax manager in {workdir}/checkpoints, keeping the newest few."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState,
@@ -296,34 +313,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, float]:
   """Fine-tunes `config.model` on `config.dataset`; returns final metrics.
 
+  Resumes from the newest complete checkpoint in `workdir` if there is one.
   Writes orbax checkpoints, TensorBoard events and (with config.export) the
-  official-layout `model.npz` + `model.json` into `workdir`.
+  official-layout `model.npz` + `model.json` into `workdir`. Inputs are
+  validated (config, pretrained file, dataset) before anything is written
+  or compiled.
   """
   config = config_validation.resolve_and_validate(config)
+  start = latest_checkpoint_step(workdir)
   path = pretrained_path(config)
-  if path:
+  if path and not start:
     checkpoint.check_exists(path, model_name=config.model_name)
-  train_ds, test_ds, info = input_pipeline.get_datasets(config, start_step=0)
+  train_ds, test_ds, info = input_pipeline.get_datasets(
+      config, start_step=start)
   mesh = partitioning.create_mesh(config.mesh)
   model = create_model(config, info.num_classes)
   tx, lr_fn = create_optimizer(config)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
   manager = checkpoint_manager(workdir, config)
-  if manager.latest_step() is None:
-    state, shardings = create_train_state(config, model, tx, mesh)
-  else:  # Skip reading the pretrained file: the checkpoint replaces it.
+  if start:  # The checkpoint replaces the pretrained weights: skip them.
     state, shardings = _abstract_state(config, model, tx, mesh)
     state = restore_or_keep(manager, state, shardings)
-  start = int(state.step)
-  if start:
-    train_ds, _, _ = input_pipeline.get_datasets(config, start_step=start)
+  else:
+    state, shardings = create_train_state(config, model, tx, mesh)
   train_fn, eval_fn = make_step_fns(config, model, tx, lr_fn, mesh, shardings)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_hparams(config))
-  result = _train_loop(config, state, train_fn, eval_fn,
-                       train_ds, test_ds, mesh, writer, manager)
-  state, accuracy = result
-  manager.wait_until_finished()
+  try:
+    state, accuracy = _train_loop(config, state, train_fn, eval_fn, train_ds,
+                                  test_ds, mesh, writer, manager)
+  finally:  # Also on errors: finish the (checked) checkpoint being written.
+    manager.wait_until_finished()
   if config.export:
     export.export_model(workdir, params=state.params, config=config,
                         info=info)
