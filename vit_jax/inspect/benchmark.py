@@ -26,12 +26,6 @@ from vit_jax.inspect import analysis
 from vit_jax.inspect import filters
 from vit_jax.inspect import position
 
-_MODEL = flags.DEFINE_string('model', 'ViT-B_16', 'Registered ViT name.')
-_BATCH = flags.DEFINE_integer('batch', 128, 'Images per call.')
-_RES = flags.DEFINE_integer('res', 224, 'Square image size in pixels.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per function.')
-
-
 def random_params(model, res: int, seed: int = 0):
   """Params of the right shapes filled with small random values."""
   x = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
@@ -84,11 +78,21 @@ def run(name: str, batch: int, res: int, repeats: int) -> dict:
           'ratio': round(inspect / forward, 4)}
 
 
+def _define_flags():
+  # Defined only when run as a program: importing this module registers no
+  # global flags.
+  flags.DEFINE_string('model', 'ViT-B_16', 'Registered ViT name.')
+  flags.DEFINE_integer('batch', 128, 'Images per call.')
+  flags.DEFINE_integer('res', 224, 'Square image size in pixels.')
+  flags.DEFINE_integer('repeats', 3, 'Timed runs per function.')
+
+
 def main(argv):
   del argv
-  print(json.dumps(run(_MODEL.value, _BATCH.value, _RES.value,
-                       _REPEATS.value)))
+  f = flags.FLAGS
+  print(json.dumps(run(f.model, f.batch, f.res, f.repeats)))
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -17,40 +17,12 @@ import sys
 import tempfile
 from typing import NamedTuple, Optional, Sequence
 
-from absl import flags
-
 from vit_jax.inspect import loading
 from vit_jax.inspect import plots
 from vit_jax.inspect import report
 
-_MODEL = flags.DEFINE_string(
-    'model', None, 'Registered model name, e.g. ViT-B_16; optional when '
-    '--checkpoint is a workdir (its model.json wins).')
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'Official-layout .npz file or training workdir.')
-_IMAGES = flags.DEFINE_string(
-    'images', '', 'Comma-separated image files and/or folders (needed for '
-    'distance and rollout).')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (created).')
-_FIGURES = flags.DEFINE_list('figures', list(report.FIGURES),
-                             'Subset of filters,position,distance,rollout.')
-_RESOLUTION = flags.DEFINE_integer(
-    'resolution', None, 'Square input size in pixels (default: the '
-    "workdir's, else 224).")
-_MAX_IMAGES = flags.DEFINE_integer('max_images', 128,
-                                   'Use at most this many images.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32,
-                                   'Images per jitted forward pass.')
-_ROLLOUT_IMAGES = flags.DEFINE_integer(
-    'rollout_images', 16, 'Images shown in rollout.png (all are analysed).')
-_RENORMALIZE = flags.DEFINE_bool(
-    'renormalize', False, 'Renormalise attention rows over patch tokens for '
-    'the mean attention distance.')
-_TRACEBACK = flags.DEFINE_bool('traceback', False,
-                               'Show the full traceback on errors.')
-
-
 class Options(NamedTuple):
+  """The command line's options (see the flags in `__main__.py`)."""
   checkpoint: str
   out: str
   model: Optional[str] = None
@@ -134,23 +106,13 @@ def run(opts: Options) -> dict:
   return summary
 
 
-def main(argv: Sequence[str]) -> int:
-  """absl entry point; returns the exit status."""
-  if len(argv) > 1:
-    print(f'Unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
-    return 2
-  opts = Options(
-      checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
-      images=_IMAGES.value, figures=tuple(_FIGURES.value),
-      resolution=_RESOLUTION.value, max_images=_MAX_IMAGES.value,
-      batch_size=_BATCH_SIZE.value, rollout_images=_ROLLOUT_IMAGES.value,
-      renormalize=_RENORMALIZE.value)
+def main(opts: Options, show_traceback: bool = False) -> int:
+  """Runs the command line; returns the exit status (0 or 1)."""
   try:
     summary = run(opts)
   except Exception as e:  # pylint: disable=broad-except
-    if _TRACEBACK.value:
+    if show_traceback:
       raise
-    # One paragraph, no traceback: the message names the file or option.
     # ValueErrors (InspectError, checkpoint.CheckpointError, bad shapes)
     # describe the input; anything else is named by its type.
     kind = '' if isinstance(e, ValueError) else f'{type(e).__name__}: '

@@ -51,9 +51,9 @@ def _read_workdir(path: str):
   npz_path = os.path.join(path, 'model.npz')
   for p in (meta_path, npz_path):
     if not os.path.isfile(p):
-      raise InspectError(f'{path} is a directory but has no {os.path.basename(p)}'
-                         ': expected a training workdir with model.npz and '
-                         'model.json.')
+      raise InspectError(
+          f'{path} is a directory but has no {os.path.basename(p)}: expected '
+          'a training workdir with model.npz and model.json.')
   try:
     with open(meta_path) as f:
       meta = json.load(f)

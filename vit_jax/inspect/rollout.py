@@ -84,14 +84,6 @@ def map_from_row(row: Array, grid_shape: Tuple[int, int],
   return jnp.where(peak > 0, m / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
-def map_from_rollout(rollout: Array, grid_shape: Tuple[int, int],
-                     num_prefix_tokens: int) -> Array:
-  """(B, T, T) rollout -> (B, gh, gw) patch map scaled to max 1."""
-  v = query_vector(rollout.shape[0], rollout.shape[-1], num_prefix_tokens)
-  return map_from_row(jnp.einsum('bi,bij->bj', v, rollout), grid_shape,
-                      num_prefix_tokens)
-
-
 def attention_rollout(attention: Array, num_prefix_tokens: int = 1) -> Array:
   """Attention rollout over all layers.
 
@@ -137,4 +129,5 @@ def rollout_map(attention: Array, grid_shape: Sequence[int],
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _rollout_map(attention, grid, prefix):
-  return map_from_rollout(_rollout(attention), grid, prefix)
+  heads_mean = jnp.mean(attention.astype(jnp.float32), axis=2)
+  return map_from_row(rollout_row(heads_mean, prefix), grid, prefix)
