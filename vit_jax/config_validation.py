@@ -118,6 +118,8 @@ def resolve_and_validate(
   _check(config.decay_type in ('cosine', 'linear'),
          f"--config.decay_type={config.decay_type!r}; use 'cosine' or "
          "'linear'.")
+  _check(config.optimizer in ('sgd', 'adam'),
+         f"--config.optimizer={config.optimizer!r}; use 'sgd' or 'adam'.")
   _check(config.nonfinite_loss in ('raise', 'skip'),
          f"--config.nonfinite_loss={config.nonfinite_loss!r}; use 'raise' or "
          "'skip'.")

@@ -62,17 +62,25 @@ def create_model(config: ml_collections.ConfigDict,
 def create_optimizer(
     config: ml_collections.ConfigDict
 ) -> Tuple[optax.GradientTransformation, utils.Schedule]:
-  """Clipping + SGD momentum (optionally bf16 accumulator) + lr schedule."""
+  """Clipping + SGD momentum (the original) or Adam, with the lr schedule.
+
+  The first-moment accumulator is kept in `config.optim_dtype` (bfloat16 by
+  default, as in the original, which halves the optimizer memory).
+  """
   lr_fn = utils.create_learning_rate_schedule(
       total_steps=config.total_steps, base=config.base_lr,
       decay_type=config.decay_type, warmup_steps=config.warmup_steps)
-  # optax counts updates from 0; the schedule takes the 1-based step.
-  sgd = optax.sgd(lambda count: lr_fn(count + 1), momentum=config.momentum,
-                  accumulator_dtype=jnp.dtype(config.optim_dtype))
+  schedule = lambda count: lr_fn(count + 1)  # optax counts from 0.
+  dtype = jnp.dtype(config.optim_dtype)
+  if config.optimizer == 'adam':
+    opt = optax.adam(schedule, mu_dtype=dtype)
+  else:
+    opt = optax.sgd(schedule, momentum=config.momentum,
+                    accumulator_dtype=dtype)
   if config.grad_norm_clip:
     return optax.chain(optax.clip_by_global_norm(config.grad_norm_clip),
-                       sgd), lr_fn
-  return sgd, lr_fn
+                       opt), lr_fn
+  return opt, lr_fn
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -52,6 +52,7 @@ def get_config():
   config.decay_type = 'cosine'  # 'cosine' or 'linear' (to 1e-5).
   config.warmup_steps = 500  # Linear warmup from 0.
   config.grad_norm_clip = 1.0  # Global-norm clipping; 0 or None disables.
+  config.optimizer = 'sgd'  # 'sgd' (momentum, the original) or 'adam'.
   config.momentum = 0.9  # SGD momentum.
   config.optim_dtype = 'bfloat16'  # Momentum accumulator dtype.
   # On a NaN/Inf loss: 'raise' stops with an error naming the step (the last
