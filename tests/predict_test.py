@@ -1,0 +1,221 @@
+"""Tests for vit_jax.predict on tiny exported and official-layout models."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from flax import traverse_util
+import jax
+import numpy as np
+from PIL import Image
+
+from vit_jax import checkpoint
+from vit_jax import input_pipeline
+from vit_jax import models
+from vit_jax import predict
+
+TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
+    'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
+    'transformer': {'mlp_dim': 16, 'num_heads': 2, 'num_layers': 2,
+                    'attention_dropout_rate': 0.0, 'dropout_rate': 0.0},
+    'classifier': 'token', 'representation_size': None,
+}
+CLASS_NAMES = ['zero', 'one', 'two', 'three']
+
+
+def random_params(model, resolution, seed=0):
+  """Random params of the model's shapes (large enough to spread logits)."""
+  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), np.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(shapes['params'])
+  return traverse_util.unflatten_dict({
+      k: (float(k[-1] == 'scale') + rng.normal(scale=0.5, size=v.shape)
+          ).astype(np.float32) for k, v in flat.items()})
+
+
+def export_workdir(root, params, resolution=32):
+  """A workdir as `export.export_model` writes it."""
+  os.makedirs(root)
+  checkpoint.save(params, os.path.join(root, 'model.npz'))
+  with open(os.path.join(root, 'model.json'), 'w') as f:
+    json.dump({'model_name': TINY_VIT['model_name'], 'model': TINY_VIT,
+               'num_classes': len(CLASS_NAMES), 'class_names': CLASS_NAMES,
+               'resolution': resolution, 'dataset': 'digits'}, f)
+  return root
+
+
+def write_image(path, size, seed):
+  pixels = np.random.default_rng(seed).integers(0, 256, size + (3,),
+                                                np.uint8)
+  Image.fromarray(pixels).save(path)
+  return path
+
+
+def run_cli(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'vit_jax.predict', *args], capture_output=True,
+      text=True, timeout=300, check=False,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3'))
+
+
+class PredictTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    cls.model = models.build_model(TINY_VIT, num_classes=len(CLASS_NAMES))
+    cls.params = random_params(cls.model, 32)
+    cls.workdir = export_workdir(os.path.join(cls.root, 'work'), cls.params)
+    cls.images = [write_image(os.path.join(cls.root, f'img{i}.png'), size, i)
+                  for i, size in enumerate([(40, 30), (32, 32), (64, 50)])]
+    cls.bad_image = os.path.join(cls.root, 'broken.png')
+    with open(cls.bad_image, 'wb') as f:
+      f.write(b'not an image at all')
+
+  def test_load_image_uses_eval_preprocessing(self):
+    image = predict.load_image(self.images[0], 32)
+    with open(self.images[0], 'rb') as f:
+      want = input_pipeline.preprocess_for_eval(
+          input_pipeline.decode_image(f.read()), 32).numpy()
+    np.testing.assert_array_equal(image, want)
+    self.assertEqual(image.shape, (32, 32, 3))
+    self.assertBetween(image.min(), -1.0, 1.0)
+    self.assertBetween(image.max(), -1.0, 1.0)
+
+  def test_predict_matches_softmax_of_logits(self):
+    loaded = predict.load_model(self.workdir)
+    self.assertEqual((loaded.model_name, loaded.resolution),
+                     ('tiny-vit', 32))
+    self.assertEqual(loaded.class_names, CLASS_NAMES)
+    images = predict.load_images(self.images, loaded.resolution)
+    out = predict.predict(loaded.model, loaded.params, images, top_k=3,
+                          class_names=loaded.class_names, batch_size=2)
+    logits = self.model.apply({'params': self.params}, images, train=False)
+    probs = np.asarray(jax.nn.softmax(logits))
+    self.assertLen(out, 3)
+    for row, p in zip(out, probs):
+      order = np.argsort(-p)[:3]
+      self.assertEqual([name for name, _ in row],
+                       [CLASS_NAMES[c] for c in order])
+      np.testing.assert_allclose([q for _, q in row], p[order], rtol=1e-5)
+      values = [q for _, q in row]
+      self.assertEqual(values, sorted(values, reverse=True))
+      self.assertLessEqual(sum(values), 1 + 1e-6)
+    # The random model does not give every image the same answer.
+    self.assertGreater(len({row[0][0] for row in out}), 1)
+
+  def test_top_k_is_clamped_and_indices_are_default_names(self):
+    image = predict.load_image(self.images[1], 32)
+    (row,) = predict.predict(self.model, self.params, image, top_k=10)
+    self.assertLen(row, 4)
+    self.assertCountEqual([name for name, _ in row], ['0', '1', '2', '3'])
+    self.assertAlmostEqual(sum(p for _, p in row), 1.0, places=5)
+
+  def test_official_npz_needs_model_and_resizes_posemb(self):
+    npz = os.path.join(self.root, 'official.npz')
+    testing = models.get_model('testing', num_classes=5)
+    params = random_params(testing, 32)
+    checkpoint.save(params, npz)
+    with self.assertRaisesRegex(predict.PredictError, 'pass --model'):
+      predict.load_model(npz)
+    loaded = predict.load_model(npz, 'testing')
+    self.assertEqual(loaded.model.num_classes, 5)  # From the head.
+    self.assertEqual(loaded.resolution, 32)  # The file's: 2x2 grid, 16 px.
+    self.assertIsNone(loaded.class_names)
+    loaded = predict.load_model(npz, 'testing', resolution=64)
+    pe = loaded.params['Transformer']['posembed_input']['pos_embedding']
+    self.assertEqual(pe.shape, (1, 1 + 4 * 4, 10))
+    # i21k+i2012 files: a 24x24 grid of 16 px patches -> 384 px.
+    posemb = np.zeros((1, 1 + 24 * 24, 2))
+    self.assertEqual(predict.native_resolution(
+        models.get_model_config('ViT-B_16'),
+        {'Transformer': {'posembed_input': {'pos_embedding': posemb}}}), 384)
+    with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                'does not match the model'):
+      predict.load_model(npz, 'ViT-Ti_16')
+
+  def test_posemb_resized_for_another_resolution(self):
+    npz = os.path.join(self.root, 'for_resize.npz')
+    checkpoint.save(self.params, npz)
+    config = dict(TINY_VIT)
+    with open(os.path.join(self.root, 'for_resize.json'), 'w') as f:
+      json.dump({'model_name': 'tiny-vit', 'model': config,
+                 'num_classes': 4, 'class_names': CLASS_NAMES,
+                 'resolution': 32}, f)
+    loaded = predict.load_model(npz, resolution=48)
+    pe = loaded.params['Transformer']['posembed_input']['pos_embedding']
+    self.assertEqual(pe.shape, (1, 1 + 6 * 6, 16))
+    want = self.params['Transformer']['posembed_input']['pos_embedding']
+    np.testing.assert_array_equal(pe[0, :2], want[0, :2])  # Class + corner.
+    with self.assertRaisesRegex(predict.PredictError, 'multiple'):
+      predict.load_model(npz, resolution=36)
+    with self.assertRaisesRegex(predict.PredictError, 'disagrees'):
+      predict.load_model(npz, 'ViT-B_16')
+
+  def test_class_names(self):
+    self.assertEqual(predict.class_names(3), ['0', '1', '2'])
+    self.assertEqual(predict.class_names(2, saved=['a', 'b']), ['a', 'b'])
+    ids = predict.class_names(1000)
+    self.assertEqual((ids[0], len(ids)), ('n01440764', 1000))
+    labels = os.path.join(self.root, 'labels.txt')
+    with open(labels, 'w') as f:
+      f.write('cat\ndog\n\n')
+    self.assertEqual(predict.class_names(2, labels, ['a', 'b']),
+                     ['cat', 'dog'])
+    with self.assertRaisesRegex(predict.PredictError, '2 names'):
+      predict.class_names(3, labels)
+
+  def test_bad_images(self):
+    with self.assertRaisesRegex(predict.PredictError, 'does not exist'):
+      predict.load_image(os.path.join(self.root, 'nope.png'), 32)
+    with self.assertRaisesRegex(predict.PredictError, 'Cannot decode'):
+      predict.load_image(self.bad_image, 32)
+
+  def test_cli_prints_top_k(self):
+    result = run_cli(f'--checkpoint={self.workdir}/model.npz', '--top_k=2',
+                     *self.images[:2])
+    self.assertEqual(result.returncode, 0, result.stderr)
+    lines = result.stdout.strip().splitlines()
+    self.assertEqual(lines[0], 'tiny-vit at 32 px, 4 classes:')
+    self.assertEqual(lines[1], f'{self.images[0]}:')
+    self.assertLen(lines, 1 + 2 * 3)
+    for line in lines[2:4] + lines[5:7]:
+      prob, name = line.split()
+      self.assertIn(name, CLASS_NAMES)
+      self.assertBetween(float(prob), 0.0, 1.0)
+
+  def test_main_errors_exit_1(self):
+    for args, message in (
+        ([f'--checkpoint={self.workdir}', self.bad_image], 'Cannot decode'),
+        ([f'--checkpoint={self.workdir}', '--labels=/nonexistent',
+          self.images[0]], 'Cannot read labels'),
+        ([f'--checkpoint={self.root}/missing.npz', '--model=ViT-B_16',
+          self.images[0]], 'does not exist'),
+        ([f'--checkpoint={self.root}/missing.npz', '--model=ViT-X',
+          self.images[0]], 'Unknown model name'),
+    ):
+      with self.subTest(message):
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+          status = predict.main(args)
+        self.assertEqual(status, 1)
+        self.assertIn(message, stderr.getvalue())
+
+  def test_cli_error_has_no_traceback(self):
+    result = run_cli(f'--checkpoint={self.workdir}',
+                     os.path.join(self.root, 'missing.png'))
+    self.assertEqual(result.returncode, 1, result.stderr)
+    self.assertIn('missing.png does not exist', result.stderr)
+    self.assertNotIn('Traceback', result.stderr)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,355 @@
+r"""Top-k class predictions for images, from the command line or Python.
+
+  python -m vit_jax.predict --checkpoint=/tmp/quickstart IMAGE...
+  python -m vit_jax.predict --model=ViT-B_16 --top_k=5 \
+      --checkpoint=checkpoints/ViT-B_16.npz --labels=lemmas.txt IMAGE...
+
+prints, for every image, the top-k labels with their softmax probabilities.
+
+`--checkpoint` is either
+- a training workdir, or the `model.npz` inside it: `model.json` beside it
+  supplies the model config, the class names and the resolution, so
+  `--model` is optional (and must agree with it when given); or
+- an official-layout `.npz` (local, gs:// or https://): `--model` names its
+  registered config, the number of classes comes from the head's shape and
+  the default resolution is the file's own (its position-embedding grid
+  times the patch size: 224 px for the imagenet21k files, 384 px for
+  imagenet21k+imagenet2012). Another `--resolution` resizes the position
+  embedding as fine-tuning does (`checkpoint.interpolate_posembed`).
+
+Images go through the project's one eval preprocessing: decode, bilinear
+resize to resolution x resolution, [0, 255] -> [-1, 1]
+(`input_pipeline.preprocess_for_eval`).
+
+Class names, first match wins: `--labels=FILE` (one name per line, e.g.
+ImageNet lemmas for 1k/21k heads), model.json's `class_names`, the ImageNet
+WordNet ids that tfds ships (`n01440764`, ...) for 1000-class heads, else
+the class indices.
+
+In Python (e.g. a notebook):
+
+  loaded = predict.load_model('/tmp/quickstart')
+  images = predict.load_images(['a.png'], loaded.resolution)
+  predict.predict(loaded.model, loaded.params, images, top_k=5,
+                  class_names=loaded.class_names)
+  # -> [[('3', 0.97), ('8', 0.01), ...]]
+
+Bad input (missing or undecodable image, missing checkpoint, a checkpoint
+of another model) prints one message and exits with status 1.
+"""
+
+import argparse
+import importlib.resources
+import os
+import sys
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from vit_jax import checkpoint
+from vit_jax import config_validation
+from vit_jax import export
+from vit_jax import input_pipeline
+from vit_jax import models
+from vit_jax.inspect import analysis
+
+DEFAULT_RESOLUTION = 224  # Models without position embeddings (Mixer).
+_IMAGENET_IDS = ('datasets', 'imagenet2012', 'labels.txt')  # In tfds.
+_POSEMB = ('Transformer', 'posembed_input', 'pos_embedding')
+Prediction = List[Tuple[str, float]]  # (label, probability), best first.
+
+
+class PredictError(ValueError):
+  """Bad input to `predict` (images, labels, options); says what to do."""
+
+
+class LoadedModel(NamedTuple):
+  """A model ready for `predict`."""
+  model: Any  # models.VisionTransformer or models.MlpMixer.
+  params: Any  # Nested dict of float32 numpy arrays.
+  model_name: str
+  resolution: int  # Square input side (pixels).
+  class_names: Optional[List[str]]  # None: unknown (see `class_names`).
+
+
+def _get(tree, path):
+  for name in path:
+    if not isinstance(tree, dict) or name not in tree:
+      return None
+    tree = tree[name]
+  return tree
+
+
+def _exported_meta(path: str) -> Optional[dict]:
+  """model.json of a workdir / exported model.npz; None for other files."""
+  if os.path.isdir(path):
+    return export.read_metadata(path)  # Raises if model.json is missing.
+  if path.endswith('.npz') and os.path.isfile(path[:-len('.npz')] + '.json'):
+    return export.read_metadata(path)
+  return None
+
+
+def _head_fields(params) -> dict:
+  """num_classes (and representation_size) implied by the file's head."""
+  head = params.get('head')
+  if head is None:
+    raise PredictError('The checkpoint has no classification head, so it '
+                       'cannot predict classes.')
+  fields = {'num_classes': int(np.shape(head['kernel'])[-1])}
+  if 'pre_logits' in params:
+    fields['representation_size'] = int(
+        np.shape(params['pre_logits']['kernel'])[-1])
+  return fields
+
+
+def native_resolution(model_config, params) -> int:
+  """The input side the file was trained at: posemb grid x patch stride."""
+  posemb = _get(params, _POSEMB)
+  if posemb is None:
+    return DEFAULT_RESOLUTION
+  prefix = 1 if model_config.get('classifier') in (
+      'token', 'token_unpooled') else 0
+  side = int(np.sqrt(np.shape(posemb)[1] - prefix))
+  if side * side != np.shape(posemb)[1] - prefix:
+    return DEFAULT_RESOLUTION  # Not square: let the shape check explain.
+  return side * config_validation.patch_stride(model_config)[0]
+
+
+def _fit_resolution(model, model_config, params, resolution: int,
+                    source: str):
+  """Params checked against the model at `resolution`, posemb resized."""
+  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+  expected = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
+  )['params']
+  posemb, target = _get(params, _POSEMB), _get(expected, _POSEMB)
+  if (posemb is not None and target is not None
+      and np.shape(posemb) != target.shape):
+    sh, sw = config_validation.patch_stride(model_config)
+    try:
+      params['Transformer']['posembed_input']['pos_embedding'] = (
+          checkpoint.interpolate_posembed(
+              posemb, target.shape[1],
+              model_config.get('classifier') in ('token', 'token_unpooled'),
+              grid_shape=(resolution // sh, resolution // sw)))
+    except ValueError as e:
+      raise checkpoint.CheckpointError(
+          f'{source}: cannot resize its position embedding '
+          f'{np.shape(posemb)} to {target.shape}: {e}.') from None
+  return checkpoint.inspect_params(params=params, expected=expected,
+                                   source=source)
+
+
+def _check_resolution(model_config, resolution: int) -> None:
+  sh, sw = config_validation.patch_stride(model_config)
+  if resolution < 1 or resolution % sh or resolution % sw:
+    raise PredictError(f'--resolution={resolution} must be a positive '
+                       f'multiple of the patch stride {sh}.')
+
+
+def load_model(checkpoint_path: str, model_name: Optional[str] = None,
+               resolution: Optional[int] = None) -> LoadedModel:
+  """Builds the model and its params from a workdir or an `.npz` file.
+
+  Args:
+    checkpoint_path: training workdir, its model.npz, or an official-layout
+      `.npz` (local, gs:// or https://).
+    model_name: registered config name; required for official files,
+      optional for exported models (must then match model.json).
+    resolution: square input side in pixels; default: model.json's, else
+      the file's own (see `native_resolution`).
+
+  Raises:
+    PredictError, checkpoint.CheckpointError: with a message saying what
+      to do.
+  """
+  path = os.fspath(checkpoint_path)
+  meta = _exported_meta(path)
+  if meta is not None:
+    if model_name and model_name != meta['model_name']:
+      raise PredictError(
+          f'--model={model_name} disagrees with {path}, whose model.json '
+          f'says {meta["model_name"]}; drop --model.')
+    model_name, config = meta['model_name'], meta['model']
+    npz = os.path.join(path, export.MODEL_NPZ) if os.path.isdir(path) else path
+    resolution = resolution or meta.get('resolution')
+  else:
+    if not model_name:
+      raise PredictError(
+          f'{path} is not an exported model (no model.json beside it): '
+          'pass --model (e.g. ViT-B_16) to say which architecture it holds.')
+    try:
+      config = models.get_model_config(model_name)
+    except KeyError as e:
+      raise PredictError(str(e.args[0])) from None
+    checkpoint.check_exists(path, model_name=model_name)
+    npz = path
+  params = checkpoint.load(npz)
+  model = models.build_model(config, **_head_fields(params))
+  resolution = int(resolution or native_resolution(config, params))
+  _check_resolution(config, resolution)
+  params = _fit_resolution(
+      model, config, params, resolution,
+      f'Checkpoint {npz} (as {model_name} at {resolution} px)')
+  names = meta.get('class_names') if meta else None
+  return LoadedModel(model, params, model_name, resolution, names)
+
+
+def read_labels(path: str, num_classes: Optional[int] = None) -> List[str]:
+  """Class names from a text file, one per line (trailing blanks ignored)."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      names = [line.strip() for line in f.read().rstrip().splitlines()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise PredictError(f'Cannot read labels file {path}: {e}') from None
+  if num_classes is not None and len(names) != num_classes:
+    raise PredictError(
+        f'Labels file {path} has {len(names)} names but the model has '
+        f'{num_classes} classes; pass a file with one name per class.')
+  return names
+
+
+def imagenet_ids() -> Optional[List[str]]:
+  """The 1000 ImageNet-1k WordNet ids tfds ships (None if it is absent)."""
+  try:
+    ref = importlib.resources.files('tensorflow_datasets').joinpath(
+        *_IMAGENET_IDS)
+    return ref.read_text().split()
+  except (ModuleNotFoundError, OSError):
+    return None
+
+
+def class_names(num_classes: int, labels: Optional[str] = None,
+                saved: Optional[Sequence[str]] = None) -> List[str]:
+  """Names of the classes: --labels, else model.json's, else tfds', else
+  indices."""
+  if labels:
+    return read_labels(labels, num_classes)
+  if saved and len(saved) == num_classes:
+    return [str(n) for n in saved]
+  if num_classes == 1000:
+    ids = imagenet_ids()
+    if ids and len(ids) == 1000:
+      return ids
+  return [str(i) for i in range(num_classes)]
+
+
+def load_image(path: str, resolution: int) -> np.ndarray:
+  """One image file -> float32 (resolution, resolution, 3) in [-1, 1]."""
+  if not os.path.isfile(path):
+    raise PredictError(f'Image {path} does not exist.')
+  try:
+    image = input_pipeline.decode_image(tf.io.read_file(path))
+  except tf.errors.OpError as e:
+    raise PredictError(f'Cannot decode image {path} (JPEG, PNG, GIF or BMP '
+                       f'expected): {e.message.splitlines()[0]}') from None
+  return input_pipeline.preprocess_for_eval(image, resolution).numpy()
+
+
+def load_images(paths: Sequence[str], resolution: int) -> np.ndarray:
+  """Image files -> float32 (len(paths), resolution, resolution, 3)."""
+  return np.stack([load_image(p, resolution) for p in paths])
+
+
+def predict(model, params, images, *, top_k: int = 5,
+            class_names: Optional[Sequence[str]] = None,  # pylint: disable=redefined-outer-name
+            batch_size: int = 32) -> List[Prediction]:
+  """Top-k (label, probability) per image, most probable first.
+
+  Args:
+    model: a classifier from `load_model` or `models.get_model`.
+    params: its parameters.
+    images: float (B, H, W, 3) or (H, W, 3) in [-1, 1], e.g. from
+      `load_images`.
+    top_k: labels per image (at most the number of classes).
+    class_names: label of each class; default: the class indices.
+    batch_size: images per forward pass.
+
+  Returns:
+    One list of `top_k` (label, softmax probability) pairs per image.
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim == 3:
+    images = images[None]
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise PredictError(f'images must be (B, H, W, 3), got {images.shape}.')
+  if top_k < 1:
+    raise PredictError(f'top_k={top_k} must be >= 1.')
+  forward = analysis.make_forward_fn(model)
+  probs = np.concatenate([
+      np.asarray(jax.nn.softmax(forward(params, images[i:i + batch_size])))
+      for i in range(0, len(images), batch_size)])
+  k = min(top_k, probs.shape[-1])
+  order = np.argsort(-probs, axis=-1, kind='stable')[:, :k]
+  label = (lambda c: class_names[c]) if class_names else str
+  return [[(label(int(c)), float(p[c])) for c in row]
+          for p, row in zip(probs, order)]
+
+
+def format_predictions(path: str, prediction: Prediction) -> str:
+  """'path' followed by one indented 'probability  label' line per class."""
+  lines = [f'{path}:'] + [f'  {p:7.4f}  {name}' for name, p in prediction]
+  return '\n'.join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='python -m vit_jax.predict',
+      description='Top-k class predictions of a ViT/Mixer checkpoint.')
+  parser.add_argument('images', nargs='+', metavar='IMAGE',
+                      help='image files (JPEG, PNG, GIF, BMP)')
+  parser.add_argument('--checkpoint', required=True,
+                      help='training workdir, its model.npz, or an official '
+                      '.npz file')
+  parser.add_argument('--model', default=None,
+                      help='registered model name (e.g. ViT-B_16); required '
+                      'for official .npz files')
+  parser.add_argument('--top_k', type=int, default=5,
+                      help='labels printed per image')
+  parser.add_argument('--labels', default=None,
+                      help='class names, one per line')
+  parser.add_argument('--resolution', type=int, default=None,
+                      help='input side in pixels (default: the '
+                      "checkpoint's)")
+  parser.add_argument('--batch_size', type=int, default=32,
+                      help='images per forward pass')
+  return parser
+
+
+def run(args: argparse.Namespace) -> List[Prediction]:
+  """Loads everything first (so bad input fails fast), then predicts."""
+  if args.top_k < 1 or args.batch_size < 1:
+    raise PredictError('--top_k and --batch_size must be >= 1.')
+  for path in args.images:  # Before the (slow) checkpoint load.
+    if not os.path.isfile(path):
+      raise PredictError(f'Image {path} does not exist.')
+  loaded = load_model(args.checkpoint, args.model, args.resolution)
+  names = class_names(loaded.model.num_classes, args.labels,
+                      loaded.class_names)
+  images = load_images(args.images, loaded.resolution)
+  results = predict(loaded.model, loaded.params, images, top_k=args.top_k,
+                    class_names=names, batch_size=args.batch_size)
+  print(f'{loaded.model_name} at {loaded.resolution} px, '
+        f'{loaded.model.num_classes} classes:')
+  for path, prediction in zip(args.images, results):
+    print(format_predictions(path, prediction))
+  return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command line; returns the exit status (0, or 1 on bad input)."""
+  from vit_jax import errors  # pylint: disable=g-import-not-at-top
+  args = _parser().parse_args(argv)
+  try:
+    run(args)
+  except errors.USER_ERRORS + (PredictError,) as e:
+    print(f'vit_jax.predict: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
