@@ -24,6 +24,7 @@ import concurrent.futures
 import dataclasses
 import difflib
 import os
+import socket
 
 from absl import logging
 import jax
@@ -370,21 +371,43 @@ def _tfds_builder(config):
     raise DatasetError(f"tfds dataset '{name}': {e}") from None
   if builder.is_prepared():
     return builder
+  if not config.tfds_manual_dir and not _network_available():
+    # tfds would retry unreachable hosts for minutes before giving up.
+    raise _not_prepared(name, builder, 'no network: could not reach '
+                        f'{_PROBE_HOST} within {_PROBE_TIMEOUT_S} s')
   download = tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir)
   try:
     builder.download_and_prepare(download_config=download)
   except Exception as e:  # pylint: disable=broad-except
     # No network, missing manual files, permissions: all need the same fix.
     reason = (str(e).strip().splitlines() or [''])[0][:300]
-    raise DatasetError(
-        f"tfds dataset '{name}' is not prepared in {builder.data_dir} and "
-        f'could not be downloaded and prepared here ({type(e).__name__}: '
-        f'{reason}).\nTo provide it, on a machine with network run\n'
-        f'  tfds build {name} --data_dir=DIR\ncopy DIR here and pass '
-        '--config.tfds_data_dir=DIR. Datasets with a manual download '
-        '(e.g. imagenet2012) also need --config.tfds_manual_dir=FOLDER '
-        'holding the downloaded archives.') from None
+    raise _not_prepared(name, builder, f'{type(e).__name__}: {reason}'
+                        ) from None
   return builder
+
+
+_PROBE_HOST = 'storage.googleapis.com'  # Where tfds looks first.
+_PROBE_TIMEOUT_S = 3
+
+
+def _network_available() -> bool:
+  """True if a TCP connection to the tfds host opens within a few seconds."""
+  try:
+    socket.create_connection((_PROBE_HOST, 443),
+                             timeout=_PROBE_TIMEOUT_S).close()
+    return True
+  except OSError:
+    return False
+
+
+def _not_prepared(name: str, builder, reason: str) -> DatasetError:
+  return DatasetError(
+      f"tfds dataset '{name}' is not prepared in {builder.data_dir} and "
+      f'could not be downloaded and prepared here ({reason}).\nTo provide '
+      f'it, on a machine with network run\n  tfds build {name} '
+      '--data_dir=DIR\ncopy DIR here and pass --config.tfds_data_dir=DIR. '
+      'Datasets with a manual download (e.g. imagenet2012) also need '
+      '--config.tfds_manual_dir=FOLDER holding the downloaded archives.')
 
 
 def _count(ds: tf.data.Dataset) -> int:
