@@ -460,6 +460,17 @@ class TfdsTest(absltest.TestCase):
                      '--config.tfds_data_dir', '--config.tfds_manual_dir'):
       self.assertIn(fragment, message)
 
+  def test_no_network_fails_without_trying_to_download(self):
+    config = _config('cifar10')
+    config.tfds_data_dir = _tempdir(self)
+    with mock.patch.object(ip, '_network_available', return_value=False), \
+        mock.patch.object(tfds.core.DatasetBuilder,
+                          'download_and_prepare') as download:
+      with self.assertRaisesRegex(ip.DatasetError, 'no network: could not '
+                                  'reach storage.googleapis.com'):
+        ip.get_dataset_info(config)
+    download.assert_not_called()
+
   def test_unknown_name_suggests(self):
     with self.assertRaises(ip.DatasetError) as cm:
       ip.get_dataset_info(_config('cifar11'))
