@@ -7,8 +7,12 @@ import sys
 import tempfile
 
 from absl.testing import absltest
+import flax.linen as nn
+import jax
+import numpy as np
 
 from vit_jax import benchmark
+from vit_jax import models_vit
 
 _FIELDS = ('img_per_sec', 'step_ms', 'first_step_s', 'compile_s',
            'peak_host_mem_mb', 'flops_per_step', 'achieved_flops',
@@ -54,6 +58,38 @@ class BenchmarkTest(absltest.TestCase):
       self.assertGreater(record[field], 0, field)
     self.assertEqual(record['mode'], 'infer')
     self.assertLess(record['mfu_vs_matmul_peak'], 10.0)
+
+
+class FusedProjectionTest(absltest.TestCase):
+  """Our attention (one fused q/k/v matmul) against flax's module."""
+
+  def setUp(self):
+    super().setUp()
+    self.x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 24))
+    self.ours = models_vit.MultiHeadDotProductAttention(num_heads=3)
+    # Our module's initialisers (the original release's), not flax's.
+    self.theirs = nn.MultiHeadDotProductAttention(
+        num_heads=3, kernel_init=nn.initializers.xavier_uniform())
+
+  def test_same_initial_parameters(self):
+    ours = self.ours.init(jax.random.PRNGKey(1), self.x,
+                          deterministic=True)['params']
+    theirs = self.theirs.init(jax.random.PRNGKey(1), self.x, self.x)['params']
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+
+  def test_same_gradients(self):
+    params = self.theirs.init(jax.random.PRNGKey(1), self.x, self.x)['params']
+    params = jax.tree.map(  # Non-zero biases, so that they are tested too.
+        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+        params)
+    cot = jax.random.normal(jax.random.PRNGKey(3), self.x.shape)
+    loss = lambda f: lambda p, x: (f(p, x) * cot).sum()
+    ours = jax.grad(loss(lambda p, x: self.ours.apply(
+        {'params': p}, x, deterministic=True)), argnums=(0, 1))(params, self.x)
+    theirs = jax.grad(loss(lambda p, x: self.theirs.apply(
+        {'params': p}, x, x)), argnums=(0, 1))(params, self.x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
+                 ours, theirs)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,9 @@ median of `--steps` timed steps as one JSON line with the fields of
 /work/shared/bench/timm_reference.py (impl, model, res, batch, mode,
 img_per_sec, step_ms, first_step_s) plus compile time, peak host memory,
 FLOP/s from XLA's cost analysis and their ratio to a matmul peak measured
-in the same process (`mfu_vs_matmul_peak`).
+in the same process (`mfu_vs_matmul_peak`). `cpu_ms` (process CPU time
+per step, all threads) is steadier than wall time on a shared machine and
+serves to compare variants of our own step.
 
 Train mode matches timm_reference.py: accum_steps=1, SGD momentum 0.9 with
 global-norm clipping at 1.0, no pretrained weights, 10 classes; the momentum
@@ -42,7 +44,12 @@ from vit_jax import train
 from vit_jax.configs import common
 
 DEFAULT_CACHE = '~/.cache/vit_jax/jax'
+# XLA:CPU runs plain dots through YNNPACK by default; Eigen's matmul was
+# 5-10% faster here for ViT's shapes (2 cores, AVX-512; bench/RESULTS.md).
+DEFAULT_XLA_FLAGS = (
+    '--xla_cpu_experimental_ynn_fusion_type=-individual_dot',)
 _CACHE_EVENTS = {'hits': 0, 'misses': 0}
+_TIMES = {'trace_s': 0.0}  # Tracing + lowering part of the last compile_s.
 
 
 def host_setup(*, xla_flags: Sequence[str] = (),
@@ -156,7 +163,9 @@ def _build(config, mode: str, num_classes: int):
   _listen_to_cache()
   hits = _CACHE_EVENTS['hits']
   t0 = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  lowered = fn.lower(*args)
+  _TIMES['trace_s'] = time.perf_counter() - t0
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   cache_hit = _CACHE_EVENTS['hits'] > hits
   return compiled, args, advance, _flops(compiled), compile_s, cache_hit
@@ -176,19 +185,21 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
   losses = [_loss(out, mode)]
   for _ in range(warmup):
     out = jax.block_until_ready(compiled(*advance(out)))
-  times = []
+  times, cpu = [], []
   for _ in range(steps):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(compiled(*advance(out)))
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
   losses.append(_loss(out, mode))
   med = statistics.median(times)
   peak = peak_flops if peak_flops is not None else matmul_peak()
   return dict(
       impl='vit_jax', model=config.model_name, res=config.pp.crop,
       batch=config.batch, mode=mode, img_per_sec=config.batch / med,
-      step_ms=1e3 * med, first_step_s=compile_s + first_run_s,
-      compile_s=compile_s, cache_hit=cache_hit,
+      step_ms=1e3 * med, cpu_ms=1e3 * statistics.median(cpu),
+      first_step_s=compile_s + first_run_s,
+      compile_s=compile_s, trace_s=_TIMES['trace_s'], cache_hit=cache_hit,
       peak_host_mem_mb=resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 1024,
       flops_per_step=flops, achieved_flops=flops / med,
@@ -221,7 +232,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--cache_dir', default=DEFAULT_CACHE,
                  help="Persistent compilation cache; '' disables.")
   p.add_argument('--xla_flags', default=None,
-                 help='Extra XLA flags (default: the tuned CPU flags).')
+                 help="XLA flags (default: DEFAULT_XLA_FLAGS; '' for none).")
   p.add_argument('--no_peak', action='store_true',
                  help='Skip the matmul peak measurement.')
   return p.parse_args(argv)
@@ -229,7 +240,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  flags = [] if args.xla_flags is None else args.xla_flags.split()
+  flags = (DEFAULT_XLA_FLAGS if args.xla_flags is None
+           else args.xla_flags.split())
   host_setup(xla_flags=flags, cache_dir=args.cache_dir)
   config = benchmark_config(
       model=args.model, res=args.res, batch=args.batch,

@@ -26,6 +26,8 @@ from vit_jax import config_validation
 def inference_time(config: ml_collections.ConfigDict,
                    workdir: str) -> List[Dict[str, Any]]:
   """Runs the benchmark for `config`; returns the JSON records."""
+  # The benchmark's XLA:CPU flags; no effect once JAX's backend exists.
+  benchmark.host_setup(xla_flags=benchmark.DEFAULT_XLA_FLAGS, cache_dir=None)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if not config.dataset:
