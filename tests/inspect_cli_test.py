@@ -16,6 +16,8 @@ from PIL import Image
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import inspect as vi
+from vit_jax.inspect import benchmark
+from vit_jax.inspect import capture
 from vit_jax.inspect import cli
 from vit_jax.inspect import loading
 
@@ -95,6 +97,17 @@ class CaptureTest(absltest.TestCase):
     model = models.build_model(TINY_MIXER, num_classes=2)
     with self.assertRaisesRegex(ValueError, 'MLP-Mixer'):
       vi.attention_weights(model, {}, np.zeros((1, 32, 32, 3)))
+
+  def test_no_captured_weights(self):
+    with self.assertRaisesRegex(ValueError, 'did not sow any attention'):
+      capture.layer_weights({'Transformer': {'encoder_norm': {}}})
+
+  def test_benchmark_smoke(self):
+    # Not a timing test: the benchmark runs and reports consistent numbers.
+    out = benchmark.run('testing', batch=2, res=32, repeats=1)
+    self.assertAlmostEqual(out['ratio'], out['inspect_s'] / out['forward_s'],
+                           places=2)
+    self.assertGreater(out['forward_s'], 0)
 
 
 class CliTest(absltest.TestCase):

@@ -12,7 +12,10 @@ models).
 The map shown in the figures is the class token's row of R over the patch
 keys, reshaped to the grid and divided by its maximum; an all-zero map (e.g.
 identity attention) stays zero instead of 0/0. Models without a class token
-(GAP, num_prefix_tokens=0) use the mean of all query rows instead.
+(GAP, num_prefix_tokens=0) use the mean of all query rows instead. The map
+needs only that row, so `rollout_map` and the fused analysis compute
+v^T Ã_L ... Ã_1 as a chain of vector-matrix products (O(L T^2) per image
+instead of O(L T^3)); `attention_rollout` returns the full R.
 """
 
 import functools
