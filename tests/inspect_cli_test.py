@@ -105,8 +105,9 @@ class CaptureTest(absltest.TestCase):
   def test_benchmark_smoke(self):
     # Not a timing test: the benchmark runs and reports consistent numbers.
     out = benchmark.run('testing', batch=2, res=32, repeats=1)
-    self.assertAlmostEqual(out['ratio'], out['inspect_s'] / out['forward_s'],
-                           places=2)
+    self.assertAlmostEqual(out['ratio'], out['inspect_s'] / out['forward_s'])
+    self.assertEqual((out['model'], out['batch'], out['res']),
+                     ('testing', 2, 32))
     self.assertGreater(out['forward_s'], 0)
 
 

@@ -83,10 +83,10 @@ def run(name: str, batch: int, res: int, repeats: int) -> dict:
   wall, cpu = interleaved_times(fns, params, images, repeats=repeats)
   return {'model': name, 'batch': batch, 'res': res, 'repeats': repeats,
           'device': jax.devices()[0].device_kind,
-          'forward_s': round(wall[0], 4), 'inspect_s': round(wall[1], 4),
-          'ratio': round(wall[1] / wall[0], 4),
-          'forward_cpu_s': round(cpu[0], 4), 'inspect_cpu_s': round(cpu[1], 4),
-          'cpu_ratio': round(cpu[1] / cpu[0], 4)}
+          'forward_s': wall[0], 'inspect_s': wall[1],
+          'ratio': wall[1] / wall[0],
+          'forward_cpu_s': cpu[0], 'inspect_cpu_s': cpu[1],
+          'cpu_ratio': cpu[1] / cpu[0]}
 
 
 def _define_flags():
@@ -101,7 +101,9 @@ def _define_flags():
 def main(argv):
   del argv
   f = flags.FLAGS
-  print(json.dumps(run(f.model, f.batch, f.res, f.repeats)))
+  out = run(f.model, f.batch, f.res, f.repeats)
+  print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                    for k, v in out.items()}))
 
 
 if __name__ == '__main__':
