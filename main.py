@@ -74,6 +74,25 @@ def _enable_compilation_cache(config, workdir):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, plus a clean exit for a bad --config.
+
+  ml_collections reports a config file that fails to load only when the
+  config is first used, and an unknown `--config.x` key as an
+  AttributeError: both would end in a traceback rather than a message.
+  """
+  try:
+    rest = app.parse_flags_with_usage(argv)
+    flags.FLAGS.config.get('trainer')  # Raises if the file failed to load.
+  except (OSError, AttributeError, KeyError) as e:
+    reason = e
+    while isinstance(reason, BaseException) and reason.args:
+      reason = reason.args[0]  # ml_collections nests a KeyError's text.
+    print(f'FATAL Flags parsing error: --config: {reason}', file=sys.stderr)
+    sys.exit(1)
+  return rest
+
+
 class _QuietLibraries(logging.logging.Filter):
   """Drops INFO chatter of orbax (several lines per checkpoint)."""
 
@@ -107,4 +126,4 @@ def main(argv):
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
   sys.argv = resolve_config_arg(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -337,12 +337,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = partitioning.create_mesh(config.mesh)
   model = create_model(config, info.num_classes)
   tx, lr_fn = create_optimizer(config)
-  manager = checkpoint_manager(workdir, config)
   if start:  # The checkpoint replaces the pretrained weights: skip them.
     state, shardings = _abstract_state(config, model, tx, mesh)
-    state = restore_or_keep(manager, state, shardings)
   else:
     state, shardings = create_train_state(config, model, tx, mesh)
+  # Only now (the pretrained file was read) does the workdir get written.
+  manager = checkpoint_manager(workdir, config)
+  if start:
+    state = restore_or_keep(manager, state, shardings)
   train_fn, eval_fn = make_step_fns(config, model, tx, lr_fn, mesh, shardings)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
