@@ -221,23 +221,46 @@ def create_train_state(config, model: nn.Module,
   return TrainState(step=step, params=params, opt_state=opt_state), shardings
 
 
-def device_batches(ds, sharding, prefetch: int) -> Iterator[Batch]:
-  """Global jax.Arrays from this process's share of each batch, `prefetch`
-  batches ahead (transfers are asynchronous)."""
+def data_shard(mesh: jax.sharding.Mesh) -> Tuple[int, int]:
+  """(index, count): which of `count` equal blocks of rows of every global
+  batch this process feeds (`get_datasets(process_index, process_count)`).
+
+  Processes whose devices sit at the same 'data' positions (a 'model' axis
+  that spans processes) hold the same rows, so they read the same block.
+  """
+  positions = {}
+  for idx, device in np.ndenumerate(mesh.devices):
+    positions.setdefault(device.process_index, set()).add(
+        idx[mesh.axis_names.index(partitioning.DATA)])
+  blocks = sorted({tuple(sorted(p)) for p in positions.values()})
+  if len({len(b) for b in blocks}) > 1 or len(
+      {i for b in blocks for i in b}) != sum(len(b) for b in blocks):
+    raise partitioning.MeshError(
+        f'The data axis splits unevenly over processes: {blocks}.')
+  return blocks.index(tuple(sorted(positions[jax.process_index()]))), len(
+      blocks)
+
+
+def device_batches(ds, sharding, prefetch: int,
+                   blocks: int = 1) -> Iterator[Batch]:
+  """Global jax.Arrays from this process's block of each batch (one of
+  `blocks`, see `data_shard`), `prefetch` batches ahead (transfers are
+  asynchronous)."""
   queue = []
   for batch in ds.as_numpy_iterator():
     queue.append(jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, x), batch))
+        lambda x: jax.make_array_from_process_local_data(
+            sharding, x, (x.shape[0] * blocks,) + x.shape[1:]), batch))
     if len(queue) > prefetch:
       yield queue.pop(0)
   yield from queue
 
 
 def evaluate(eval_fn: Callable, params: Any, test_ds,
-             sharding) -> float:
+             sharding, blocks: int = 1) -> float:
   """Top-1 accuracy over the whole test split (padding masked out)."""
   correct = total = 0
-  for batch in device_batches(test_ds, sharding, prefetch=1):
+  for batch in device_batches(test_ds, sharding, prefetch=1, blocks=blocks):
     c, n = eval_fn(params, batch)
     correct, total = correct + c, total + n
   return float(correct) / max(float(total), 1.0)
@@ -332,9 +355,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   path = pretrained_path(config)
   if path and not start:
     checkpoint.check_exists(path, model_name=config.model_name)
-  train_ds, test_ds, info = input_pipeline.get_datasets(
-      config, start_step=start)
   mesh = partitioning.create_mesh(config.mesh)
+  block, blocks = data_shard(mesh)
+  train_ds, test_ds, info = input_pipeline.get_datasets(
+      config, start_step=start, process_index=block, process_count=blocks)
   model = create_model(config, info.num_classes)
   tx, lr_fn = create_optimizer(config)
   if start:  # The checkpoint replaces the pretrained weights: skip them.
@@ -381,7 +405,8 @@ def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
   sharding = partitioning.batch_sharding(mesh)
   report = periodic_actions.ReportProgress(
       num_train_steps=total, writer=writer, every_steps=config.progress_every)
-  batches = device_batches(train_ds, sharding, config.prefetch)
+  blocks = data_shard(mesh)[1]
+  batches = device_batches(train_ds, sharding, config.prefetch, blocks)
   accuracy, tick, tick_step = float('nan'), time.perf_counter(), int(state.step)
   pending = None  # (step, metrics) checked one step late: no host stall.
   for step in range(int(state.step) + 1, total + 1):
@@ -399,7 +424,8 @@ def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
       tick, tick_step = now, step
     if utils.itstime(step, config.eval_every, total):
       with report.timed('eval'):
-        accuracy = evaluate(eval_fn, state.params, test_ds, sharding)
+        accuracy = evaluate(eval_fn, state.params, test_ds, sharding,
+                            blocks)
       writer.write_scalars(step, {'test_accuracy': accuracy})
       tick = time.perf_counter()  # Eval time is not training throughput.
     if utils.itstime(step, config.checkpoint_every, total):
