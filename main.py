@@ -97,14 +97,15 @@ class _QuietLibraries(logging.logging.Filter):
   """Drops INFO chatter of orbax (several lines per checkpoint)."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or '/orbax/' not in (
+    return record.levelno >= logging.logging.WARNING or '/orbax/' not in (
         record.pathname or '')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  # On the logger, not a handler: absl's handler is not always the one used.
+  logging.get_absl_logger().addFilter(_QuietLibraries())
   # Imported here so that `--help` and flag errors are instant.
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   config, workdir = flags.FLAGS.config, _WORKDIR.value

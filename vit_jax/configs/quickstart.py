@@ -6,8 +6,10 @@ Uses the 1,797 8x8 digit images that ship inside scikit-learn (no network),
 written once as an image folder of 32x32 PNGs (train/ and test/, 80/20) and
 read through the same input pipeline, training loop, orbax checkpoints,
 TensorBoard writer and export as configs/b16_cifar10.py. The model is a
-4-layer ViT with 4x4 patches trained from scratch (there is no pretrained
-checkpoint for it, hence the warning about an empty pretrained_dir).
+4-layer ViT with 8x8 patches (16 tokens) trained from scratch (there is no
+pretrained checkpoint for it, hence the warning about an empty
+pretrained_dir). From scratch, SGD momentum reached only ~80% in 1,200 steps
+in our sweep, so this config uses Adam (config.optimizer='adam').
 
 Expected on a 2-core CPU: see the README for the measured time and accuracy
 (the target is >= 95% test accuracy in under 5 minutes including compile).
@@ -19,10 +21,10 @@ from vit_jax.configs import common
 
 
 def get_model_config():
-  """A 4-layer ViT with 4x4 patches for 32x32 digits."""
+  """A 4-layer ViT with 8x8 patches for 32x32 digits."""
   config = ml_collections.ConfigDict()
   config.model_name = 'ViT-digits'
-  config.patches = ml_collections.ConfigDict({'size': (4, 4)})
+  config.patches = ml_collections.ConfigDict({'size': (8, 8)})
   config.hidden_size = 64
   config.transformer = ml_collections.ConfigDict()
   config.transformer.mlp_dim = 128
@@ -42,15 +44,17 @@ def get_config():
   config.model_name = config.model.model_name
   config.pretrained_dir = ''  # From scratch.
   config.pp.flip = False  # Mirrored digits are different digits.
-  config.pp.crop_area_min = 0.5  # Keep most of each 32x32 digit.
+  config.pp.crop_area_min = 0.8  # Keep most of each 32x32 digit.
   config.batch = 64
   config.batch_eval = 128
   config.accum_steps = 1
   config.shuffle_buffer = 2_000
-  config.base_lr = 0.1
-  config.warmup_steps = 50
+  config.optimizer = 'adam'
+  config.base_lr = 0.003
+  config.warmup_steps = 100
+  config.total_steps = 1_500
   config.optim_dtype = 'float32'
-  config.eval_every = 200
-  config.progress_every = 50
-  config.checkpoint_every = 200
+  config.eval_every = 500
+  config.progress_every = 100
+  config.checkpoint_every = 500
   return config.lock()

@@ -11,6 +11,7 @@ import os
 from typing import Optional, Sequence
 
 from matplotlib import colormaps
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
@@ -130,6 +131,7 @@ def plot_attention_distance(mean_distance, path: Optional[str] = None,
     ax.scatter(np.arange(layers), dist[:, h], s=12, color=colors[h],
                label=f'Head {h + 1}')
   ax.set_xlabel('Network depth (layer)')
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel('Mean attention distance (pixels)')
   ax.set_ylim(bottom=0)
   ax.set_title(title)
