@@ -161,17 +161,18 @@ class PredictTest(absltest.TestCase):
       predict.load_model(npz, 'ViT-B_16')
 
   def test_class_names(self):
-    self.assertEqual(predict.class_names(3), ['0', '1', '2'])
-    self.assertEqual(predict.class_names(2, saved=['a', 'b']), ['a', 'b'])
-    ids = predict.class_names(1000)
+    self.assertEqual(predict.get_class_names(3), ['0', '1', '2'])
+    self.assertEqual(predict.get_class_names(2, saved=['a', 'b']),
+                     ['a', 'b'])
+    ids = predict.get_class_names(1000)
     self.assertEqual((ids[0], len(ids)), ('n01440764', 1000))
     labels = os.path.join(self.root, 'labels.txt')
     with open(labels, 'w') as f:
       f.write('cat\ndog\n\n')
-    self.assertEqual(predict.class_names(2, labels, ['a', 'b']),
+    self.assertEqual(predict.get_class_names(2, labels, ['a', 'b']),
                      ['cat', 'dog'])
     with self.assertRaisesRegex(predict.PredictError, '2 names'):
-      predict.class_names(3, labels)
+      predict.get_class_names(3, labels)
 
   def test_bad_images(self):
     with self.assertRaisesRegex(predict.PredictError, 'does not exist'):
@@ -179,13 +180,16 @@ class PredictTest(absltest.TestCase):
     with self.assertRaisesRegex(predict.PredictError, 'Cannot decode'):
       predict.load_image(self.bad_image, 32)
 
-  def test_cli_prints_top_k(self):
-    result = run_cli(f'--checkpoint={self.workdir}/model.npz', '--top_k=2',
-                     *self.images[:2])
-    self.assertEqual(result.returncode, 0, result.stderr)
-    lines = result.stdout.strip().splitlines()
+  def test_main_prints_top_k(self):
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+      status = predict.main([f'--checkpoint={self.workdir}/model.npz',
+                             '--top_k=2', *self.images[:2]])
+    self.assertEqual(status, 0)
+    lines = stdout.getvalue().strip().splitlines()
     self.assertEqual(lines[0], 'tiny-vit at 32 px, 4 classes:')
     self.assertEqual(lines[1], f'{self.images[0]}:')
+    self.assertEqual(lines[4], f'{self.images[1]}:')
     self.assertLen(lines, 1 + 2 * 3)
     for line in lines[2:4] + lines[5:7]:
       prob, name = line.split()

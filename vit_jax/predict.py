@@ -222,10 +222,10 @@ def imagenet_ids() -> Optional[List[str]]:
     return None
 
 
-def class_names(num_classes: int, labels: Optional[str] = None,
-                saved: Optional[Sequence[str]] = None) -> List[str]:
-  """Names of the classes: --labels, else model.json's, else tfds', else
-  indices."""
+def get_class_names(num_classes: int, labels: Optional[str] = None,
+                    saved: Optional[Sequence[str]] = None) -> List[str]:
+  """Class names: from `labels` (a file), else `saved` (model.json's), else
+  tfds' ImageNet WordNet ids for 1000 classes, else the indices."""
   if labels:
     return read_labels(labels, num_classes)
   if saved and len(saved) == num_classes:
@@ -255,7 +255,7 @@ def load_images(paths: Sequence[str], resolution: int) -> np.ndarray:
 
 
 def predict(model, params, images, *, top_k: int = 5,
-            class_names: Optional[Sequence[str]] = None,  # pylint: disable=redefined-outer-name
+            class_names: Optional[Sequence[str]] = None,
             batch_size: int = 32) -> List[Prediction]:
   """Top-k (label, probability) per image, most probable first.
 
@@ -327,8 +327,8 @@ def run(args: argparse.Namespace) -> List[Prediction]:
     if not os.path.isfile(path):
       raise PredictError(f'Image {path} does not exist.')
   loaded = load_model(args.checkpoint, args.model, args.resolution)
-  names = class_names(loaded.model.num_classes, args.labels,
-                      loaded.class_names)
+  names = get_class_names(loaded.model.num_classes, args.labels,
+                          loaded.class_names)
   images = load_images(args.images, loaded.resolution)
   results = predict(loaded.model, loaded.params, images, top_k=args.top_k,
                     class_names=names, batch_size=args.batch_size)
