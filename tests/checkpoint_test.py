@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tests.test_util import random_params
 from vit_jax import checkpoint
 from vit_jax import models
 
@@ -53,18 +54,6 @@ def mixer_config():
       'model_name': 'small-mixer', 'patches': {'size': (16, 16)},
       'hidden_dim': 16, 'num_blocks': 2, 'tokens_mlp_dim': 8,
       'channels_mlp_dim': 32})
-
-
-def random_params(model, height, width=None, seed=0):
-  """Random numpy params (std 0.1) in the model's tree; nothing is traced
-  beyond `jax.eval_shape`, so this is fast."""
-  x = jax.ShapeDtypeStruct((1, height, width or height, 3), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(
-      lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32),
-      shapes['params'])
 
 
 def flat(tree):

@@ -1,6 +1,7 @@
 """Tests for attention capture, the fused analysis and the inspect CLI on
 tiny synthetic checkpoints (no network, a few seconds)."""
 
+import functools
 import json
 import os
 import subprocess
@@ -8,11 +9,10 @@ import sys
 import tempfile
 
 from absl.testing import absltest
-from flax import traverse_util
-import jax
 import numpy as np
 from PIL import Image
 
+from tests import test_util
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import inspect as vi
@@ -20,6 +20,10 @@ from vit_jax.inspect import benchmark
 from vit_jax.inspect import capture
 from vit_jax.inspect import cli
 from vit_jax.inspect import loading
+
+# Unit norm scales and a random head: predictions depend on the image.
+random_params = functools.partial(test_util.random_params, scale=0.3,
+                                  unit_scales=True)
 
 TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
     'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
@@ -35,20 +39,6 @@ TINY_MIXER = {'model_name': 'tiny-mixer', 'patches': {'size': [8, 8]},
               'channels_mlp_dim': 8}
 
 
-def init_params(model, resolution, seed=0):
-  """Random params of the right shapes (no eager init: tests stay fast)."""
-  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), np.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(shapes['params'])
-  # Scales near 1 keep LayerNorm/GroupNorm outputs of order one; the random
-  # head makes predictions depend on the image.
-  return traverse_util.unflatten_dict({
-      k: (float(k[-1] == 'scale') + rng.normal(scale=0.3, size=v.shape)
-          ).astype(np.float32) for k, v in flat.items()})
-
-
 def save_npz(path, params):
   checkpoint.save(params, path)  # The official layout (pre-Linen names).
 
@@ -56,7 +46,7 @@ def save_npz(path, params):
 def make_workdir(root, config, num_classes=3, resolution=32):
   os.makedirs(root)
   model = models.build_model(config, num_classes=num_classes)
-  save_npz(os.path.join(root, 'model.npz'), init_params(model, resolution))
+  save_npz(os.path.join(root, 'model.npz'), random_params(model, resolution))
   with open(os.path.join(root, 'model.json'), 'w') as f:
     json.dump({'model_name': config['model_name'], 'model': config,
                'num_classes': num_classes, 'resolution': resolution,
@@ -68,7 +58,7 @@ class CaptureTest(absltest.TestCase):
 
   def test_attention_shapes_and_fused_analysis_agree(self):
     model = models.build_model(TINY_VIT, num_classes=3)
-    params = init_params(model, 32)
+    params = random_params(model, 32)
     images = np.random.default_rng(0).uniform(
         -1, 1, (3, 32, 32, 3)).astype(np.float32)
     att = np.asarray(vi.attention_weights(model, params, images))
@@ -87,7 +77,7 @@ class CaptureTest(absltest.TestCase):
 
   def test_hybrid(self):
     model = models.build_model(TINY_HYBRID, num_classes=2)
-    params = init_params(model, 32)
+    params = random_params(model, 32)
     geo = vi.geometry(model, (32, 32))
     self.assertEqual(geo, vi.Geometry((2, 2), (16, 16), 1))
     att = vi.attention_weights(model, params, np.zeros((2, 32, 32, 3)))
@@ -124,7 +114,7 @@ class CliTest(absltest.TestCase):
       Image.fromarray(rng.integers(0, 255, size + (3,), np.uint8)).save(
           os.path.join(cls.images, f'img{i}.png'))
     cls.npz = os.path.join(cls.root, 'testing.npz')
-    save_npz(cls.npz, init_params(models.get_model('testing', num_classes=3),
+    save_npz(cls.npz, random_params(models.get_model('testing', num_classes=3),
                                   32))
     cls.workdir = make_workdir(os.path.join(cls.root, 'work'), TINY_VIT)
 

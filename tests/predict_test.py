@@ -1,6 +1,7 @@
 """Tests for vit_jax.predict on tiny exported and official-layout models."""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -9,15 +10,19 @@ import sys
 import tempfile
 
 from absl.testing import absltest
-from flax import traverse_util
 import jax
 import numpy as np
 from PIL import Image
 
+from tests import test_util
 from vit_jax import checkpoint
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
+
+# Unit norm scales and a random head: predictions depend on the image.
+random_params = functools.partial(test_util.random_params, scale=0.5,
+                                  unit_scales=True)
 
 TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
     'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
@@ -26,18 +31,6 @@ TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
     'classifier': 'token', 'representation_size': None,
 }
 CLASS_NAMES = ['zero', 'one', 'two', 'three']
-
-
-def random_params(model, resolution, seed=0):
-  """Random params of the model's shapes (large enough to spread logits)."""
-  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), np.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(shapes['params'])
-  return traverse_util.unflatten_dict({
-      k: (float(k[-1] == 'scale') + rng.normal(scale=0.5, size=v.shape)
-          ).astype(np.float32) for k, v in flat.items()})
 
 
 def export_workdir(root, params, resolution=32):

@@ -9,7 +9,7 @@ square resolution and mapped to [-1, 1] with (x - 127.5) / 127.5.
 
 import json
 import os
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
