@@ -183,13 +183,14 @@ if source == 'official':
   config.model = models.get_model_config(MODEL_NAME)
   config.pretrained_path = checkpoint_path
   config.pp.crop = FINETUNE_CROP
-else:
+  # The original's fine-tuning recipe: SGD with momentum, base_lr 0.03.
+  config.optimizer, config.base_lr = 'sgd', 0.03
+else:  # The quickstart's own optimizer (Adam) and learning rate.
   config.model = export.read_metadata(checkpoint_path)['model']
   config.pretrained_path = os.path.join(checkpoint_path, export.MODEL_NPZ)
 config.model_name = loaded.model_name
 config.total_steps = FINETUNE_STEPS
 config.warmup_steps = min(config.warmup_steps, FINETUNE_STEPS // 2)
-config.base_lr = 0.03  # The fine-tuning default (0.1 is for from scratch).
 config.batch = FINETUNE_BATCH
 config.eval_every = config.checkpoint_every = FINETUNE_STEPS
 config.progress_every = max(1, FINETUNE_STEPS // 4)
