@@ -108,8 +108,10 @@ def main(argv):
   logging.get_absl_logger().addFilter(_QuietLibraries())
   # Imported here so that `--help` and flag errors are instant.
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
+  from vit_jax import utils  # pylint: disable=g-import-not-at-top
   config, workdir = flags.FLAGS.config, _WORKDIR.value
   try:
+    utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
     _initialize_distributed()
     _enable_compilation_cache(config, workdir)
     if config.trainer == 'inference_time':

@@ -19,11 +19,13 @@ _FIELDS = ('img_per_sec', 'step_ms', 'first_step_s', 'compile_s',
            'matmul_peak_flops', 'mfu_vs_matmul_peak')
 
 
-def _cli(cache_dir, mode='train'):
+def _cli(cache_dir, mode='train', xla_flags=None):
   """One `python -m vit_jax.benchmark` run of the tiny model; its record."""
   cmd = [sys.executable, '-m', 'vit_jax.benchmark', '--model=testing',
          '--res=32', '--batch=4', f'--mode={mode}', '--steps=2',
          '--warmup=1', f'--cache_dir={cache_dir}']
+  if xla_flags is not None:
+    cmd.append(f'--xla_flags={xla_flags}')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        check=True, timeout=300).stdout
@@ -48,6 +50,13 @@ class BenchmarkTest(absltest.TestCase):
     self.assertTrue(second['cache_hit'])
     # The same program from the cache computes the same losses.
     self.assertEqual(first['losses'], second['losses'])
+
+  def test_cpu_flags_keep_the_losses(self):
+    """The default XLA:CPU flags change speed, not the maths."""
+    tuned = _cli('')
+    plain = _cli('', xla_flags='')
+    self.assertNotEqual(tuned['xla_flags'], plain['xla_flags'])
+    np.testing.assert_allclose(tuned['losses'], plain['losses'], rtol=1e-5)
 
   def test_infer_in_process(self):
     config = benchmark.benchmark_config(model='testing', res=32, batch=4)

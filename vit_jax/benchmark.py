@@ -41,13 +41,12 @@ import numpy as np
 from vit_jax import config_validation
 from vit_jax import partitioning
 from vit_jax import train
+from vit_jax import utils
 from vit_jax.configs import common
 
 DEFAULT_CACHE = '~/.cache/vit_jax/jax'
-# XLA:CPU runs plain dots through YNNPACK by default; Eigen's matmul was
-# 5-10% faster here for ViT's shapes (2 cores, AVX-512; bench/RESULTS.md).
-DEFAULT_XLA_FLAGS = (
-    '--xla_cpu_experimental_ynn_fusion_type=-individual_dot',)
+# The XLA:CPU flags that main.py also sets (see utils.XLA_CPU_FLAGS).
+DEFAULT_XLA_FLAGS = utils.XLA_CPU_FLAGS
 _CACHE_EVENTS = {'hits': 0, 'misses': 0}
 _TIMES = {'trace_s': 0.0}  # Tracing + lowering part of the last compile_s.
 
@@ -58,10 +57,7 @@ def host_setup(*, xla_flags: Sequence[str] = (),
 
   Flags already present in $XLA_FLAGS win over `xla_flags`.
   """
-  present = os.environ.get('XLA_FLAGS', '')
-  extra = [f for f in xla_flags if f.split('=')[0] not in present]
-  if extra:
-    os.environ['XLA_FLAGS'] = ' '.join([present] + extra).strip()
+  utils.set_xla_flags(xla_flags)
   if cache_dir:
     jax.config.update('jax_compilation_cache_dir',
                       os.path.expanduser(cache_dir))

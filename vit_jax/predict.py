@@ -54,6 +54,7 @@ from vit_jax import config_validation
 from vit_jax import export
 from vit_jax import input_pipeline
 from vit_jax import models
+from vit_jax import utils
 from vit_jax.inspect import analysis
 
 DEFAULT_RESOLUTION = 224  # Models without position embeddings (Mixer).
@@ -343,6 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   args = _parser().parse_args(argv)
+  utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   try:
     run(args)
   except errors.USER_ERRORS + (PredictError,) as e:

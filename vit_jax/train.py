@@ -84,9 +84,16 @@ def create_optimizer(
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels, in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels).mean()
+  """Mean softmax cross-entropy with integer labels, in float32.
+
+  Written with one-hot targets, as the original release did: the same
+  numbers as optax's integer-label version without its gather, whose
+  lowering alone took ~0.1 s of every compile (or compilation-cache hit) of
+  the ViT-B/16 train step.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logp.dtype)
+  return -(onehot * logp).sum(-1).mean()
 
 
 def accumulate_gradients(loss_and_grad: Callable, params: Any, batch: Batch,

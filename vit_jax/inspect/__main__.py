@@ -7,6 +7,7 @@ registers global absl flags that could clash with another program's.
 from absl import app
 from absl import flags
 
+from vit_jax import utils
 from vit_jax.inspect import cli
 from vit_jax.inspect import report
 
@@ -41,6 +42,7 @@ _TRACEBACK = flags.DEFINE_bool('traceback', False,
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   opts = cli.Options(
       checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
       images=_IMAGES.value, figures=tuple(_FIGURES.value),

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models
+from vit_jax import utils
 from vit_jax.inspect import analysis
 from vit_jax.inspect import filters
 from vit_jax.inspect import position
@@ -100,6 +101,7 @@ def _define_flags():
 
 def main(argv):
   del argv
+  utils.set_xla_flags()  # As the inspect CLI and main.py run.
   f = flags.FLAGS
   out = run(f.model, f.batch, f.res, f.repeats)
   print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
