@@ -14,23 +14,18 @@ from PIL import Image
 
 from tests import test_util
 from vit_jax import checkpoint
+from vit_jax import export
 from vit_jax import models
 from vit_jax import inspect as vi
 from vit_jax.inspect import benchmark
 from vit_jax.inspect import capture
 from vit_jax.inspect import cli
-from vit_jax.inspect import loading
 
 # Unit norm scales and a random head: predictions depend on the image.
 random_params = functools.partial(test_util.random_params, scale=0.3,
                                   unit_scales=True)
 
-TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
-    'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
-    'transformer': {'mlp_dim': 16, 'num_heads': 2, 'num_layers': 2,
-                    'attention_dropout_rate': 0.0, 'dropout_rate': 0.0},
-    'classifier': 'token', 'representation_size': None,
-}
+TINY_VIT = test_util.TINY_VIT
 TINY_HYBRID = dict(TINY_VIT, model_name='tiny-hybrid',
                    patches={'size': [4, 4]},
                    resnet={'num_layers': [1], 'width_factor': 0.5})
@@ -156,7 +151,7 @@ class CliTest(absltest.TestCase):
                      ['distance.png', 'inspect.json', 'position.png'])
 
   def test_workdir_model_disagrees(self):
-    with self.assertRaisesRegex(loading.InspectError, 'disagrees'):
+    with self.assertRaisesRegex(export.LoadError, 'disagrees'):
       cli.run(cli.Options(checkpoint=self.workdir, model='ViT-B_16',
                           out=self.out_dir(), figures=('filters',)))
 
@@ -187,7 +182,8 @@ class CliTest(absltest.TestCase):
     self.assertEqual(summary['filters']['num_components'], 8)
 
   def test_grid_and_shape_mismatch(self):
-    self.assert_fails_cleanly('not a multiple of the token stride 16x16',
+    self.assert_fails_cleanly('resolution=40 must be a positive multiple of '
+                              'the patch stride 16x16',
                               checkpoint=self.npz, model='testing',
                               images=self.images, resolution=40)
     self.assert_fails_cleanly('ViT-Ti_16 at 32 px.* does not match the model',

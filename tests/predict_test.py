@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests import test_util
 from vit_jax import checkpoint
+from vit_jax import export
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
@@ -24,12 +25,7 @@ from vit_jax import predict
 random_params = functools.partial(test_util.random_params, scale=0.5,
                                   unit_scales=True)
 
-TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
-    'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
-    'transformer': {'mlp_dim': 16, 'num_heads': 2, 'num_layers': 2,
-                    'attention_dropout_rate': 0.0, 'dropout_rate': 0.0},
-    'classifier': 'token', 'representation_size': None,
-}
+TINY_VIT = test_util.TINY_VIT
 CLASS_NAMES = ['zero', 'one', 'two', 'three']
 
 
@@ -117,7 +113,7 @@ class PredictTest(absltest.TestCase):
     testing = models.get_model('testing', num_classes=5)
     params = random_params(testing, 32)
     checkpoint.save(params, npz)
-    with self.assertRaisesRegex(predict.PredictError, 'pass --model'):
+    with self.assertRaisesRegex(export.LoadError, 'pass --model'):
       predict.load_model(npz)
     loaded = predict.load_model(npz, 'testing')
     self.assertEqual(loaded.model.num_classes, 5)  # From the head.
@@ -128,7 +124,7 @@ class PredictTest(absltest.TestCase):
     self.assertEqual(pe.shape, (1, 1 + 4 * 4, 10))
     # i21k+i2012 files: a 24x24 grid of 16 px patches -> 384 px.
     posemb = np.zeros((1, 1 + 24 * 24, 2))
-    self.assertEqual(predict.native_resolution(
+    self.assertEqual(export.native_resolution(
         models.get_model_config('ViT-B_16'),
         {'Transformer': {'posembed_input': {'pos_embedding': posemb}}}), 384)
     with self.assertRaisesRegex(checkpoint.CheckpointError,
@@ -148,10 +144,34 @@ class PredictTest(absltest.TestCase):
     self.assertEqual(pe.shape, (1, 1 + 6 * 6, 16))
     want = self.params['Transformer']['posembed_input']['pos_embedding']
     np.testing.assert_array_equal(pe[0, :2], want[0, :2])  # Class + corner.
-    with self.assertRaisesRegex(predict.PredictError, 'multiple'):
+    with self.assertRaisesRegex(export.LoadError, 'multiple'):
       predict.load_model(npz, resolution=36)
-    with self.assertRaisesRegex(predict.PredictError, 'disagrees'):
+    with self.assertRaisesRegex(export.LoadError, 'disagrees'):
       predict.load_model(npz, 'ViT-B_16')
+
+  def test_headless_file_loads_for_inspect_but_not_predict(self):
+    npz = os.path.join(self.root, 'headless.npz')
+    params = {k: v for k, v in self.params.items() if k != 'head'}
+    checkpoint.save(params, npz)
+    with open(os.path.join(self.root, 'headless.json'), 'w') as f:
+      json.dump({'model_name': 'tiny-vit', 'model': dict(TINY_VIT),
+                 'num_classes': 4, 'resolution': 32}, f)
+    loaded = export.load_model(npz)  # What `inspect` uses.
+    self.assertIsNone(loaded.model.num_classes)
+    self.assertNotIn('head', loaded.params)
+    with self.assertRaisesRegex(predict.PredictError, 'no classification'):
+      predict.load_model(npz)
+
+  def test_unreadable_model_json(self):
+    workdir = os.path.join(self.root, 'bad_json')
+    os.makedirs(workdir)
+    checkpoint.save(self.params, os.path.join(workdir, 'model.npz'))
+    for text in ('{"model_name": "tiny-vit"', '{"model": {}}', '[]'):
+      with open(os.path.join(workdir, 'model.json'), 'w') as f:
+        f.write(text)
+      with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                  'Cannot read .*model.json'):
+        export.load_model(workdir)
 
   def test_class_names(self):
     self.assertEqual(predict.get_class_names(3), ['0', '1', '2'])

@@ -4,6 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# A model.json 'model' entry (exported config): 2 layers, patch 8, so a 4x4
+# grid at 32 px.
+TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
+    'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
+    'transformer': {'mlp_dim': 16, 'num_heads': 2, 'num_layers': 2,
+                    'attention_dropout_rate': 0.0, 'dropout_rate': 0.0},
+    'classifier': 'token', 'representation_size': None,
+}
+
 
 def random_params(model, height, width=None, *, seed=0, scale=0.1,
                   unit_scales=False):

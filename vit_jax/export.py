@@ -6,24 +6,45 @@ A workdir then holds `model.npz` (loadable by the original release, timm and
   {"model_name": ..., "model": {model config fields}, "num_classes": N,
    "class_names": [...], "resolution": crop, "dataset": ...}
 
-`load_exported(path)` turns either file (or the workdir) back into a model
-and its parameters: the form `predict`, `inspect` and the notebooks use.
+`load_model(path, model_name=None, resolution=None)` is the one loader of
+`predict`, `inspect` and the notebooks: it turns a workdir, its model.npz or
+an official-layout `.npz` into a model and checked parameters, resizing the
+position embedding for another resolution. `load_exported(path)` is the
+plain (model, params, metadata) form for exported models.
 """
 
 import json
 import os
 import tempfile
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vit_jax import checkpoint
+from vit_jax import config_validation
 from vit_jax import models
 
 MODEL_NPZ = 'model.npz'
 MODEL_JSON = 'model.json'
+DEFAULT_RESOLUTION = 224  # Models without position embeddings (Mixer).
+_POSEMB = ('Transformer', 'posembed_input', 'pos_embedding')
+
+
+class LoadError(checkpoint.CheckpointError):
+  """`load_model` cannot build a model from the arguments; says what to do."""
+
+
+class LoadedModel(NamedTuple):
+  """A model with checked parameters, as `load_model` returns it."""
+  model: Any  # models.VisionTransformer or models.MlpMixer.
+  params: Any  # Nested dict of float32 numpy arrays (Linen names).
+  model_name: str
+  resolution: int  # Square input side (pixels).
+  class_names: Optional[List[str]]  # model.json's; None for official files.
 
 
 def _write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
@@ -80,9 +101,16 @@ def read_metadata(path: str) -> Dict[str, Any]:
     raise checkpoint.CheckpointError(
         f'{path} does not exist: a training workdir holds {MODEL_NPZ} and '
         f'{MODEL_JSON} after `python main.py` finishes (config.export=True).')
-  with open(path) as f:
-    meta = json.load(f)
-  meta['model'] = _to_config(meta['model'])
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+    meta['model'] = _to_config(meta['model'])
+    meta['model_name']  # pylint: disable=pointless-statement
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise checkpoint.CheckpointError(
+        f'Cannot read {path} ({type(e).__name__}: {e}): expected the JSON '
+        f'that export writes, with keys model_name, model, num_classes.'
+    ) from None
   return meta
 
 
@@ -95,3 +123,126 @@ def load_exported(path: str, **model_kwargs) -> Tuple[Any, Any, Dict]:
   model = models.build_model(meta['model'], num_classes=meta['num_classes'],
                              **model_kwargs)
   return model, params, meta
+
+
+def _get(tree, path):
+  for name in path:
+    if not isinstance(tree, dict) or name not in tree:
+      return None
+    tree = tree[name]
+  return tree
+
+
+def _exported_meta(path: str) -> Optional[Dict[str, Any]]:
+  """model.json of a workdir / exported model.npz; None for other files."""
+  if os.path.isdir(path):
+    return read_metadata(path)  # Raises if model.json is missing.
+  if path.endswith('.npz') and os.path.isfile(path[:-len('.npz')] + '.json'):
+    return read_metadata(path)
+  return None
+
+
+def _head_fields(params) -> Dict[str, Any]:
+  """num_classes (None: no head) and representation_size of the file."""
+  head = params.get('head')
+  fields = {'num_classes': None if head is None else int(
+      np.shape(head['kernel'])[-1])}
+  if 'pre_logits' in params:
+    fields['representation_size'] = int(
+        np.shape(params['pre_logits']['kernel'])[-1])
+  return fields
+
+
+def has_class_token(model_config) -> bool:
+  return model_config.get('classifier') in ('token', 'token_unpooled')
+
+
+def native_resolution(model_config, params) -> int:
+  """The input side the file was trained at: posemb grid x patch stride."""
+  posemb = _get(params, _POSEMB)
+  if posemb is None:
+    return DEFAULT_RESOLUTION
+  patches = np.shape(posemb)[1] - int(has_class_token(model_config))
+  side = int(np.sqrt(patches))
+  if side * side != patches:
+    return DEFAULT_RESOLUTION  # Not square: let the shape check explain.
+  return side * config_validation.patch_stride(model_config)[0]
+
+
+def _fit_resolution(model, model_config, params, resolution: int,
+                    source: str):
+  """Params checked against the model at `resolution`, posemb resized."""
+  sh, sw = config_validation.patch_stride(model_config)
+  if resolution < 1 or resolution % sh or resolution % sw:
+    raise LoadError(f'--resolution={resolution} must be a positive multiple '
+                    f'of the patch stride {sh}x{sw} (input pixels per '
+                    'token).')
+  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+  expected = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
+  )['params']
+  posemb, target = _get(params, _POSEMB), _get(expected, _POSEMB)
+  if (posemb is not None and target is not None
+      and np.shape(posemb) != target.shape):
+    try:
+      params['Transformer']['posembed_input']['pos_embedding'] = (
+          checkpoint.interpolate_posembed(
+              posemb, target.shape[1], has_class_token(model_config),
+              grid_shape=(resolution // sh, resolution // sw)))
+    except ValueError as e:
+      raise checkpoint.CheckpointError(
+          f'{source}: cannot resize its position embedding '
+          f'{np.shape(posemb)} to {target.shape}: {e}.') from None
+  return checkpoint.inspect_params(params=params, expected=expected,
+                                   source=source)
+
+
+def load_model(checkpoint_path: str, model_name: Optional[str] = None,
+               resolution: Optional[int] = None) -> LoadedModel:
+  """Builds the model and its checked params from a workdir or `.npz` file.
+
+  Args:
+    checkpoint_path: training workdir, its model.npz, or an official-layout
+      `.npz` (local, gs:// or https://).
+    model_name: registered config name; required for official files,
+      optional for exported models (must then match model.json).
+    resolution: square input side in pixels; default: model.json's, else
+      the file's own (see `native_resolution`). Position embeddings are
+      resized to it as fine-tuning does (`checkpoint.interpolate_posembed`).
+
+  Returns:
+    LoadedModel; its model has `num_classes=None` when the file has no head.
+
+  Raises:
+    LoadError, checkpoint.CheckpointError (both ValueErrors): with a message
+      saying what was wrong and what to do.
+  """
+  path = os.fspath(checkpoint_path)
+  meta = _exported_meta(path)
+  if meta is not None:
+    if model_name and model_name != meta['model_name']:
+      raise LoadError(
+          f'--model={model_name} disagrees with {path}, whose model.json '
+          f'says {meta["model_name"]}; drop --model.')
+    model_name, config = meta['model_name'], meta['model']
+    npz = os.path.join(path, MODEL_NPZ) if os.path.isdir(path) else path
+    resolution = resolution or meta.get('resolution')
+  else:
+    if not model_name:
+      raise LoadError(
+          f'{path} is not an exported model (no model.json beside it): '
+          'pass --model (e.g. ViT-B_16) to say which architecture it holds.')
+    try:
+      config = models.get_model_config(model_name)
+    except KeyError as e:
+      raise LoadError(str(e.args[0])) from None
+    checkpoint.check_exists(path, model_name=model_name)
+    npz = path
+  params = checkpoint.load(npz)
+  model = models.build_model(config, **_head_fields(params))
+  resolution = int(resolution or native_resolution(config, params))
+  params = _fit_resolution(
+      model, config, params, resolution,
+      f'Checkpoint {npz} (as {model_name} at {resolution} px)')
+  names = meta.get('class_names') if meta else None
+  return LoadedModel(model, params, model_name, resolution, names)

@@ -42,161 +42,39 @@ import argparse
 import importlib.resources
 import os
 import sys
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from vit_jax import checkpoint
-from vit_jax import config_validation
 from vit_jax import export
 from vit_jax import input_pipeline
-from vit_jax import models
 from vit_jax import utils
 from vit_jax.inspect import analysis
 
-DEFAULT_RESOLUTION = 224  # Models without position embeddings (Mixer).
 _IMAGENET_IDS = ('datasets', 'imagenet2012', 'labels.txt')  # In tfds.
-_POSEMB = ('Transformer', 'posembed_input', 'pos_embedding')
 Prediction = List[Tuple[str, float]]  # (label, probability), best first.
+LoadedModel = export.LoadedModel
 
 
 class PredictError(ValueError):
   """Bad input to `predict` (images, labels, options); says what to do."""
 
 
-class LoadedModel(NamedTuple):
-  """A model ready for `predict`."""
-  model: Any  # models.VisionTransformer or models.MlpMixer.
-  params: Any  # Nested dict of float32 numpy arrays.
-  model_name: str
-  resolution: int  # Square input side (pixels).
-  class_names: Optional[List[str]]  # None: unknown (see `class_names`).
-
-
-def _get(tree, path):
-  for name in path:
-    if not isinstance(tree, dict) or name not in tree:
-      return None
-    tree = tree[name]
-  return tree
-
-
-def _exported_meta(path: str) -> Optional[dict]:
-  """model.json of a workdir / exported model.npz; None for other files."""
-  if os.path.isdir(path):
-    return export.read_metadata(path)  # Raises if model.json is missing.
-  if path.endswith('.npz') and os.path.isfile(path[:-len('.npz')] + '.json'):
-    return export.read_metadata(path)
-  return None
-
-
-def _head_fields(params) -> dict:
-  """num_classes (and representation_size) implied by the file's head."""
-  head = params.get('head')
-  if head is None:
-    raise PredictError('The checkpoint has no classification head, so it '
-                       'cannot predict classes.')
-  fields = {'num_classes': int(np.shape(head['kernel'])[-1])}
-  if 'pre_logits' in params:
-    fields['representation_size'] = int(
-        np.shape(params['pre_logits']['kernel'])[-1])
-  return fields
-
-
-def native_resolution(model_config, params) -> int:
-  """The input side the file was trained at: posemb grid x patch stride."""
-  posemb = _get(params, _POSEMB)
-  if posemb is None:
-    return DEFAULT_RESOLUTION
-  prefix = 1 if model_config.get('classifier') in (
-      'token', 'token_unpooled') else 0
-  side = int(np.sqrt(np.shape(posemb)[1] - prefix))
-  if side * side != np.shape(posemb)[1] - prefix:
-    return DEFAULT_RESOLUTION  # Not square: let the shape check explain.
-  return side * config_validation.patch_stride(model_config)[0]
-
-
-def _fit_resolution(model, model_config, params, resolution: int,
-                    source: str):
-  """Params checked against the model at `resolution`, posemb resized."""
-  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
-  expected = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-  )['params']
-  posemb, target = _get(params, _POSEMB), _get(expected, _POSEMB)
-  if (posemb is not None and target is not None
-      and np.shape(posemb) != target.shape):
-    sh, sw = config_validation.patch_stride(model_config)
-    try:
-      params['Transformer']['posembed_input']['pos_embedding'] = (
-          checkpoint.interpolate_posembed(
-              posemb, target.shape[1],
-              model_config.get('classifier') in ('token', 'token_unpooled'),
-              grid_shape=(resolution // sh, resolution // sw)))
-    except ValueError as e:
-      raise checkpoint.CheckpointError(
-          f'{source}: cannot resize its position embedding '
-          f'{np.shape(posemb)} to {target.shape}: {e}.') from None
-  return checkpoint.inspect_params(params=params, expected=expected,
-                                   source=source)
-
-
-def _check_resolution(model_config, resolution: int) -> None:
-  sh, sw = config_validation.patch_stride(model_config)
-  if resolution < 1 or resolution % sh or resolution % sw:
-    raise PredictError(f'--resolution={resolution} must be a positive '
-                       f'multiple of the patch stride {sh}.')
-
-
 def load_model(checkpoint_path: str, model_name: Optional[str] = None,
                resolution: Optional[int] = None) -> LoadedModel:
-  """Builds the model and its params from a workdir or an `.npz` file.
-
-  Args:
-    checkpoint_path: training workdir, its model.npz, or an official-layout
-      `.npz` (local, gs:// or https://).
-    model_name: registered config name; required for official files,
-      optional for exported models (must then match model.json).
-    resolution: square input side in pixels; default: model.json's, else
-      the file's own (see `native_resolution`).
+  """`export.load_model`, for a checkpoint that has a classification head.
 
   Raises:
     PredictError, checkpoint.CheckpointError: with a message saying what
       to do.
   """
-  path = os.fspath(checkpoint_path)
-  meta = _exported_meta(path)
-  if meta is not None:
-    if model_name and model_name != meta['model_name']:
-      raise PredictError(
-          f'--model={model_name} disagrees with {path}, whose model.json '
-          f'says {meta["model_name"]}; drop --model.')
-    model_name, config = meta['model_name'], meta['model']
-    npz = os.path.join(path, export.MODEL_NPZ) if os.path.isdir(path) else path
-    resolution = resolution or meta.get('resolution')
-  else:
-    if not model_name:
-      raise PredictError(
-          f'{path} is not an exported model (no model.json beside it): '
-          'pass --model (e.g. ViT-B_16) to say which architecture it holds.')
-    try:
-      config = models.get_model_config(model_name)
-    except KeyError as e:
-      raise PredictError(str(e.args[0])) from None
-    checkpoint.check_exists(path, model_name=model_name)
-    npz = path
-  params = checkpoint.load(npz)
-  model = models.build_model(config, **_head_fields(params))
-  resolution = int(resolution or native_resolution(config, params))
-  _check_resolution(config, resolution)
-  params = _fit_resolution(
-      model, config, params, resolution,
-      f'Checkpoint {npz} (as {model_name} at {resolution} px)')
-  names = meta.get('class_names') if meta else None
-  return LoadedModel(model, params, model_name, resolution, names)
+  loaded = export.load_model(checkpoint_path, model_name, resolution)
+  if loaded.model.num_classes is None:
+    raise PredictError(f'{checkpoint_path} has no classification head, so '
+                       'it cannot predict classes.')
+  return loaded
 
 
 def read_labels(path: str, num_classes: Optional[int] = None) -> List[str]:
