@@ -11,7 +11,7 @@ JAX and PyTorch must not share a process (importing TF and torch together
 crashed here), so the script runs in three steps:
 
   /root/venv/bin/python tools/parity_timm.py jax --out=/tmp/parity
-  /root/timm-venv/bin/python tools/parity_timm.py timm --out=/tmp/parity
+  /root/timm-ref/bin/python tools/parity_timm.py timm --out=/tmp/parity
   /root/venv/bin/python tools/parity_timm.py compare --out=/tmp/parity
 
 The `jax` step writes ViT-B_16.npz (~394 MiB), inputs.npy and jax_logits.npy;
