@@ -29,7 +29,9 @@ try:
 except ImportError:
   import subprocess
   import sys
-  # The project's repository (or set VIT_JAX_PIP_SPEC, e.g. to a fork).
+  # Any pip requirement for vit_jax: set VIT_JAX_PIP_SPEC (a fork, a wheel,
+  # a clone on Drive), or replace OWNER with the GitHub account that hosts
+  # the repository you cloned (the project has no PyPI release).
   spec = os.environ.get('VIT_JAX_PIP_SPEC',
                         '%s')
   subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', spec])
