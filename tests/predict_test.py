@@ -166,11 +166,15 @@ class PredictTest(absltest.TestCase):
     workdir = os.path.join(self.root, 'bad_json')
     os.makedirs(workdir)
     checkpoint.save(self.params, os.path.join(workdir, 'model.npz'))
-    for text in ('{"model_name": "tiny-vit"', '{"model": {}}', '[]'):
+    for text, problem in [('{"model_name": "tiny-vit"', 'JSONDecodeError'),
+                          ('{"model": {}}', 'no model_name, num_classes'),
+                          ('[]', 'a JSON list, not an object'),
+                          ('{"model_name": "a", "model": 3, "num_classes": 4}',
+                           '"model" is not an object')]:
       with open(os.path.join(workdir, 'model.json'), 'w') as f:
         f.write(text)
       with self.assertRaisesRegex(checkpoint.CheckpointError,
-                                  'Cannot read .*model.json'):
+                                  f'Cannot read .*model.json .*{problem}'):
         export.load_model(workdir)
 
   def test_class_names(self):

@@ -32,6 +32,7 @@ MODEL_NPZ = 'model.npz'
 MODEL_JSON = 'model.json'
 DEFAULT_RESOLUTION = 224  # Models without position embeddings (Mixer).
 _POSEMB = ('Transformer', 'posembed_input', 'pos_embedding')
+_META_KEYS = ('model_name', 'model', 'num_classes')  # Required in model.json.
 
 
 class LoadError(checkpoint.CheckpointError):
@@ -101,16 +102,24 @@ def read_metadata(path: str) -> Dict[str, Any]:
     raise checkpoint.CheckpointError(
         f'{path} does not exist: a training workdir holds {MODEL_NPZ} and '
         f'{MODEL_JSON} after `python main.py` finishes (config.export=True).')
+  problem = None
   try:
     with open(path) as f:
       meta = json.load(f)
-    meta['model'] = _to_config(meta['model'])
-    meta['model_name']  # pylint: disable=pointless-statement
-  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+  except (OSError, ValueError) as e:
+    problem = f'{type(e).__name__}: {e}'
+  else:
+    if not isinstance(meta, dict):
+      problem = f'a JSON {type(meta).__name__}, not an object'
+    elif missing := [k for k in _META_KEYS if k not in meta]:
+      problem = f'no {", ".join(missing)}'
+    elif not isinstance(meta['model'], dict):
+      problem = '"model" is not an object'
+  if problem:
     raise checkpoint.CheckpointError(
-        f'Cannot read {path} ({type(e).__name__}: {e}): expected the JSON '
-        f'that export writes, with keys model_name, model, num_classes.'
-    ) from None
+        f'Cannot read {path} ({problem}): expected the JSON that export '
+        f'writes, with keys {", ".join(_META_KEYS)}.')
+  meta['model'] = _to_config(meta['model'])
   return meta
 
 

@@ -8,7 +8,7 @@ converted to RGB, resized to a square resolution and mapped to [-1, 1] with
 """
 
 import os
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,18 +24,7 @@ class InspectError(ValueError):
 
 
 LoadedModel = export.LoadedModel
-
-
-def load_model(checkpoint_path: str, model_name: Optional[str] = None,
-               resolution: Optional[int] = None) -> LoadedModel:
-  """The model and checked params of an `.npz` file or a workdir.
-
-  The project's one loader, `export.load_model`: `model_name` is required
-  for official files (optional for a workdir, where it must agree with
-  model.json); `resolution` defaults to the workdir's or the file's own,
-  and position embeddings are resized to it.
-  """
-  return export.load_model(checkpoint_path, model_name, resolution)
+load_model = export.load_model  # The project's one loader, as in `predict`.
 
 
 def list_images(spec: str) -> List[str]:
