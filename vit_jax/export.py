@@ -163,6 +163,7 @@ def _head_fields(params) -> Dict[str, Any]:
 
 
 def has_class_token(model_config) -> bool:
+  """Whether the model prepends a class token (its posemb has one more row)."""
   return model_config.get('classifier') in ('token', 'token_unpooled')
 
 
