@@ -6,7 +6,7 @@ import numpy as np
 
 # A model.json 'model' entry (exported config): 2 layers, patch 8, so a 4x4
 # grid at 32 px.
-TINY_VIT = {  # 2 layers, patch 8: a 4x4 grid at 32 px.
+TINY_VIT = {
     'model_name': 'tiny-vit', 'patches': {'size': [8, 8]}, 'hidden_size': 16,
     'transformer': {'mlp_dim': 16, 'num_heads': 2, 'num_layers': 2,
                     'attention_dropout_rate': 0.0, 'dropout_rate': 0.0},
