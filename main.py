@@ -106,10 +106,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # On the logger, not a handler: absl's handler is not always the one used.
   logging.get_absl_logger().addFilter(_QuietLibraries())
+  config, workdir = flags.FLAGS.config, _WORKDIR.value
+  if config.get('huge_pages', True):  # Before JAX starts: see host.py.
+    from vit_jax import host  # pylint: disable=g-import-not-at-top
+    host.rerun_with_huge_pages()
   # Imported here so that `--help` and flag errors are instant.
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   from vit_jax import utils  # pylint: disable=g-import-not-at-top
-  config, workdir = flags.FLAGS.config, _WORKDIR.value
   try:
     utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
     _initialize_distributed()

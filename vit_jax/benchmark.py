@@ -19,8 +19,10 @@ global-norm clipping at 1.0, no pretrained weights, 10 classes; the momentum
 is float32 unless --optim_dtype says otherwise. Infer mode times the jitted
 eval step (forward pass, argmax, count).
 
-The XLA CPU flags and thread settings of `host_setup` are applied here, in
-the entry point, before JAX creates its backend. A persistent compilation
+Run as a command, it first re-runs itself with huge pages for malloc's
+large blocks (vit_jax/host.py; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
+turns that off for A/B runs). The XLA CPU flags of `host_setup` are applied
+here, in the entry point, before JAX creates its backend. A persistent compilation
 cache (default ~/.cache/vit_jax/jax, '' disables) makes a second process
 skip compilation; the JSON says whether the first step hit it.
 """
@@ -32,6 +34,10 @@ import resource
 import statistics
 import time
 from typing import Any, Dict, Optional, Sequence
+
+if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.rerun_with_huge_pages()
 
 import jax
 import jax.numpy as jnp
@@ -182,11 +188,13 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
   for _ in range(warmup):
     out = jax.block_until_ready(compiled(*advance(out)))
   times, cpu = [], []
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(compiled(*advance(out)))
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
   losses.append(_loss(out, mode))
   med = statistics.median(times)
   peak = peak_flops if peak_flops is not None else matmul_peak()
@@ -194,6 +202,7 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
       impl='vit_jax', model=config.model_name, res=config.pp.crop,
       batch=config.batch, mode=mode, img_per_sec=config.batch / med,
       step_ms=1e3 * med, cpu_ms=1e3 * statistics.median(cpu),
+      page_faults_per_step=faults / max(steps, 1),
       first_step_s=compile_s + first_run_s,
       compile_s=compile_s, trace_s=_TIMES['trace_s'], cache_hit=cache_hit,
       peak_host_mem_mb=resource.getrusage(
@@ -204,7 +213,8 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
       steps=steps, dtype=config.dtype, optim_dtype=config.optim_dtype,
       attention_impl=config.attention_impl, remat=config.remat,
       losses=losses, devices=jax.device_count(),
-      xla_flags=os.environ.get('XLA_FLAGS', ''))
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+      glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''))
 
 
 def _loss(out, mode: str) -> Optional[float]:

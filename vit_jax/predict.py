@@ -44,6 +44,10 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.rerun_with_huge_pages()
+
 import jax
 import numpy as np
 import tensorflow as tf

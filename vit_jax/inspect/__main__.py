@@ -4,6 +4,10 @@ Flags are defined here, not in cli.py, so that importing the library never
 registers global absl flags that could clash with another program's.
 """
 
+if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.rerun_with_huge_pages()
+
 from absl import app
 from absl import flags
 

@@ -15,6 +15,10 @@ import json
 import statistics
 import time
 
+if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.rerun_with_huge_pages()
+
 from absl import app
 from absl import flags
 from flax import traverse_util
