@@ -21,10 +21,11 @@ eval step (forward pass, argmax, count).
 
 Run as a command, it first re-runs itself with huge pages for malloc's
 large blocks (vit_jax/host.py; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
-turns that off for A/B runs). The XLA CPU flags of `host_setup` are applied
-here, in the entry point, before JAX creates its backend. A persistent compilation
-cache (default ~/.cache/vit_jax/jax, '' disables) makes a second process
-skip compilation; the JSON says whether the first step hit it.
+turns that off for A/B runs; the JSON has `glibc_tunables` and
+`page_faults_per_step`). The XLA CPU flags of `host_setup` are applied here,
+in the entry point, before JAX creates its backend. A persistent
+compilation cache (default ~/.cache/vit_jax/jax, '' disables) makes a second
+process skip compilation; the JSON says whether the first step hit it.
 """
 
 import argparse
