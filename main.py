@@ -117,11 +117,14 @@ def main(argv):
     utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
     _initialize_distributed()
     _enable_compilation_cache(config, workdir)
+    from vit_jax import host  # pylint: disable=g-import-not-at-top
     if config.trainer == 'inference_time':
       from vit_jax import inference_time  # pylint: disable=g-import-not-at-top
+      host.freeze_imported_objects()
       inference_time.inference_time(config, workdir)
     else:
       from vit_jax import train  # pylint: disable=g-import-not-at-top
+      host.freeze_imported_objects()
       result = train.train_and_evaluate(config, workdir)
       logging.info('Done: %s', result)
   except errors.USER_ERRORS as e:

@@ -48,6 +48,8 @@ class BenchmarkTest(absltest.TestCase):
                            places=6)
     self.assertFalse(first['cache_hit'])
     self.assertTrue(second['cache_hit'])
+    # The command line froze its imports' objects out of the collector.
+    self.assertGreater(first['gc_frozen_objects'], 100_000)
     # The same program from the cache computes the same losses.
     self.assertEqual(first['losses'], second['losses'])
 

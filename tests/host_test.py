@@ -1,10 +1,12 @@
-"""Tests for the huge-page re-run of the command lines (vit_jax/host.py)."""
+"""Tests for the process set-up of the command lines (vit_jax/host.py)."""
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import weakref
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -98,6 +100,31 @@ class RerunTest(absltest.TestCase):
     self.assertLess(huge['page_faults_per_step'],
                     small['page_faults_per_step'] / 10)
     self.assertEqual(huge['losses'], small['losses'])
+
+
+class _Node:
+  """An object that can refer to itself (a reference cycle)."""
+
+
+class FreezeTest(absltest.TestCase):
+
+  def test_freezes_what_exists_and_still_collects_new_cycles(self):
+    self.addCleanup(gc.unfreeze)
+    old = _Node()
+    old.self = old
+    old_ref = weakref.ref(old)
+    host.freeze_imported_objects()
+    self.assertGreater(gc.get_freeze_count(), 1000)
+    new = _Node()
+    new.self = new
+    new_ref = weakref.ref(new)
+    del old, new
+    gc.collect()
+    self.assertIsNotNone(old_ref())  # Frozen: no longer collected.
+    self.assertIsNone(new_ref())  # Created later: collected as usual.
+    gc.unfreeze()
+    gc.collect()
+    self.assertIsNone(old_ref())
 
 
 if __name__ == '__main__':

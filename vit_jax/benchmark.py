@@ -22,13 +22,16 @@ eval step (forward pass, argmax, count).
 Run as a command, it first re-runs itself with huge pages for malloc's
 large blocks (vit_jax/host.py; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
 turns that off for A/B runs; the JSON has `glibc_tunables` and
-`page_faults_per_step`). The XLA CPU flags of `host_setup` are applied here,
+`page_faults_per_step`), and it exempts the objects of its imports from
+Python's garbage collector before compiling (host.py; `gc_frozen_objects`
+in the JSON). The XLA CPU flags of `host_setup` are applied here,
 in the entry point, before JAX creates its backend. A persistent
 compilation cache (default ~/.cache/vit_jax/jax, '' disables) makes a second
 process skip compilation; the JSON says whether the first step hit it.
 """
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -46,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from vit_jax import config_validation
+from vit_jax import host
 from vit_jax import partitioning
 from vit_jax import train
 from vit_jax import utils
@@ -215,7 +219,8 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
       attention_impl=config.attention_impl, remat=config.remat,
       losses=losses, devices=jax.device_count(),
       xla_flags=os.environ.get('XLA_FLAGS', ''),
-      glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''))
+      glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
+      gc_frozen_objects=gc.get_freeze_count())
 
 
 def _loss(out, mode: str) -> Optional[float]:
@@ -250,6 +255,7 @@ def main(argv=None) -> None:
   flags = (DEFAULT_XLA_FLAGS if args.xla_flags is None
            else args.xla_flags.split())
   host_setup(xla_flags=flags, cache_dir=args.cache_dir)
+  host.freeze_imported_objects()
   config = benchmark_config(
       model=args.model, res=args.res, batch=args.batch,
       optim_dtype=args.optim_dtype, dtype=args.dtype,

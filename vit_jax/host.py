@@ -1,4 +1,4 @@
-"""Process set-up that must happen before Python imports anything heavy.
+"""Process set-up for the command lines: huge pages, and a frozen heap.
 
 XLA:CPU allocates each execution's temporary buffer with malloc in one
 block (750 MB for a ViT-Ti/16 train step at batch 16, 1.76 GB for ViT-B/16
@@ -17,8 +17,11 @@ re-run themselves with it (`rerun_with_huge_pages`) before JAX starts:
 with huge pages). Set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to keep 4 KiB
 pages (a hugetlb value of your own is never overridden). Only the standard
 library here: importing this must stay instant.
+
+`freeze_imported_objects` serves the first compile: see its docstring.
 """
 
+import gc
 import logging
 import os
 import platform
@@ -82,3 +85,18 @@ def rerun_with_huge_pages() -> None:
     os.execve(sys.executable, sys.orig_argv, env)
   except OSError as e:  # E.g. a sandbox without exec: run as we are.
     logging.warning('Not re-running with %s: %s', HUGE_PAGES_TUNABLE, e)
+
+
+def freeze_imported_objects() -> None:
+  """Exempts every object alive now from Python's cyclic garbage collector.
+
+  For command lines, once their imports are done and before their first jit
+  compile. JAX's tracing and lowering create objects fast enough to set off
+  full collections, and each of those walks the ~480k objects that importing
+  jax, flax and tensorflow leaves behind: 0.28 s of the 0.5 s lowering of
+  the ViT-B/16 train step, also when the compiled step then comes from the
+  persistent compilation cache. Objects created later are collected as
+  usual. Library code never calls this: in a notebook, frozen objects would
+  stay in memory for good.
+  """
+  gc.freeze()

@@ -11,6 +11,7 @@ if __name__ == '__main__':  # First, before the heavy imports: see host.py.
 from absl import app
 from absl import flags
 
+from vit_jax import host
 from vit_jax import utils
 from vit_jax.inspect import cli
 from vit_jax.inspect import report
@@ -47,6 +48,7 @@ def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
+  host.freeze_imported_objects()
   opts = cli.Options(
       checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
       images=_IMAGES.value, figures=tuple(_FIGURES.value),

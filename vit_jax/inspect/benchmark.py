@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import host
 from vit_jax import models
 from vit_jax import utils
 from vit_jax.inspect import analysis
@@ -106,6 +107,7 @@ def _define_flags():
 def main(argv):
   del argv
   utils.set_xla_flags()  # As the inspect CLI and main.py run.
+  host.freeze_imported_objects()
   f = flags.FLAGS
   out = run(f.model, f.batch, f.res, f.repeats)
   print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
