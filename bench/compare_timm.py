@@ -7,7 +7,8 @@ For each target, runs `python -m vit_jax.benchmark` (in /root/venv) and
 /work/shared/bench/timm_reference.py (in its own venv) in alternation, each
 in a fresh process (TF and torch never share one), `--rounds` times, then
 prints a markdown table of the medians and their ratio. Every raw JSON
-record goes to --out (JSON lines), with the load average at its start.
+record goes to --out (appended as JSON lines), with the load average at its
+start and the commit of this checkout.
 The machine is shared: alternation spreads the load over both sides.
 """
 
@@ -90,6 +91,9 @@ def main():
   p.add_argument('extra', nargs='*',
                  help='Extra flags for vit_jax.benchmark (after --).')
   args = p.parse_args()
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                          capture_output=True, text=True,
+                          check=False).stdout.strip()
   results = {}
   for target in args.targets.split(','):
     ours_cmd, timm_cmd = commands(target, args)
@@ -99,7 +103,8 @@ def main():
       order = [('vit_jax', ours_cmd), ('timm', timm_cmd)]
       for impl, cmd in order if k % 2 == 0 else order[::-1]:
         record = _run(cmd, REPO)
-        record.update(target=target, round=k, time=time.time())
+        record.update(target=target, round=k, time=time.time(),
+                      commit=commit)
         with open(args.out, 'a') as f:
           f.write(json.dumps(record) + '\n')
         if 'error' in record:
