@@ -107,8 +107,8 @@ def main(argv):
   # On the logger, not a handler: absl's handler is not always the one used.
   logging.get_absl_logger().addFilter(_QuietLibraries())
   config, workdir = flags.FLAGS.config, _WORKDIR.value
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
   if config.get('huge_pages', True):  # Before JAX starts: see host.py.
-    from vit_jax import host  # pylint: disable=g-import-not-at-top
     host.rerun_with_huge_pages()
   # Imported here so that `--help` and flag errors are instant.
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
@@ -117,7 +117,6 @@ def main(argv):
     utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
     _initialize_distributed()
     _enable_compilation_cache(config, workdir)
-    from vit_jax import host  # pylint: disable=g-import-not-at-top
     if config.trainer == 'inference_time':
       from vit_jax import inference_time  # pylint: disable=g-import-not-at-top
       host.freeze_imported_objects()
