@@ -12,7 +12,7 @@ pretrained_dir). From scratch, SGD momentum reached only ~80% in 1,200 steps
 in our sweep, so this config uses Adam (config.optimizer='adam').
 
 Measured on a 2-core CPU (2026-11-30, jax 0.10.2): 97.2% test accuracy (359
-test images) after 1,500 steps, 51 s wall-clock including compilation on an
+test images) after 1,500 steps, 48 s wall-clock including compilation on an
 idle machine (91.1% at step 500, 97.5% at step 1,000). The run is
 deterministic: the same command gave the same accuracy twice.
 """
