@@ -26,7 +26,10 @@ def _cli(cache_dir, mode='train', xla_flags=None):
          '--warmup=1', f'--cache_dir={cache_dir}']
   if xla_flags is not None:
     cmd.append(f'--xla_flags={xla_flags}')
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # Not the caller's XLA_FLAGS (an in-process CLI test may have set them):
+  # the benchmark's own defaults are under test.
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['JAX_PLATFORMS'] = 'cpu'
   out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        check=True, timeout=300).stdout
   return json.loads(out.strip().splitlines()[-1])

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import gc
 import io
 import json
 import os
@@ -203,6 +204,9 @@ class PredictTest(absltest.TestCase):
       status = predict.main([f'--checkpoint={self.workdir}/model.npz',
                              '--top_k=2', *self.images[:2]])
     self.assertEqual(status, 0)
+    # Called as a function, main() leaves the collector alone (only the
+    # command line freezes its imports: host.py).
+    self.assertEqual(gc.get_freeze_count(), 0)
     lines = stdout.getvalue().strip().splitlines()
     self.assertEqual(lines[0], 'tiny-vit at 32 px, 4 classes:')
     self.assertEqual(lines[1], f'{self.images[0]}:')

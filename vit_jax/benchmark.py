@@ -49,7 +49,6 @@ import ml_collections
 import numpy as np
 
 from vit_jax import config_validation
-from vit_jax import host
 from vit_jax import partitioning
 from vit_jax import train
 from vit_jax import utils
@@ -255,7 +254,6 @@ def main(argv=None) -> None:
   flags = (DEFAULT_XLA_FLAGS if args.xla_flags is None
            else args.xla_flags.split())
   host_setup(xla_flags=flags, cache_dir=args.cache_dir)
-  host.freeze_imported_objects()
   config = benchmark_config(
       model=args.model, res=args.res, batch=args.batch,
       optim_dtype=args.optim_dtype, dtype=args.dtype,
@@ -267,4 +265,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
+  host.freeze_imported_objects()  # Imports done: see host.py.
   main()

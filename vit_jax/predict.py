@@ -53,7 +53,6 @@ import numpy as np
 import tensorflow as tf
 
 from vit_jax import export
-from vit_jax import host
 from vit_jax import input_pipeline
 from vit_jax import utils
 from vit_jax.inspect import analysis
@@ -228,7 +227,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   args = _parser().parse_args(argv)
   utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
-  host.freeze_imported_objects()
   try:
     run(args)
   except errors.USER_ERRORS + (PredictError,) as e:
@@ -238,4 +236,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+  host.freeze_imported_objects()  # Imports done: see host.py.
   sys.exit(main())

@@ -11,7 +11,6 @@ if __name__ == '__main__':  # First, before the heavy imports: see host.py.
 from absl import app
 from absl import flags
 
-from vit_jax import host
 from vit_jax import utils
 from vit_jax.inspect import cli
 from vit_jax.inspect import report
@@ -48,7 +47,6 @@ def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
-  host.freeze_imported_objects()
   opts = cli.Options(
       checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
       images=_IMAGES.value, figures=tuple(_FIGURES.value),
@@ -59,4 +57,5 @@ def _main(argv):
 
 
 if __name__ == '__main__':
+  host.freeze_imported_objects()  # Imports done: see host.py.
   app.run(_main)

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import host
 from vit_jax import models
 from vit_jax import utils
 from vit_jax.inspect import analysis
@@ -107,7 +106,6 @@ def _define_flags():
 def main(argv):
   del argv
   utils.set_xla_flags()  # As the inspect CLI and main.py run.
-  host.freeze_imported_objects()
   f = flags.FLAGS
   out = run(f.model, f.batch, f.res, f.repeats)
   print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
@@ -116,4 +114,5 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
+  host.freeze_imported_objects()  # Imports done: see host.py.
   app.run(main)
