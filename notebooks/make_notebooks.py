@@ -45,7 +45,7 @@ def generate_small_model(workdir):
   quickstart workdir: the same files `train.train_and_evaluate` exports.
   """
   config = quickstart.get_config()
-  info = input_pipeline.get_dataset_info(config)  # Writes digits if needed.
+  info = input_pipeline.dataset_info(config)  # Writes digits if needed.
   model = train.create_model(config, info.num_classes)
   x = np.zeros((1, config.pp.crop, config.pp.crop, 3), np.float32)
   params = model.init(jax.random.PRNGKey(0), x, train=False)['params']
@@ -190,16 +190,14 @@ if source == 'official':
 else:  # The quickstart's own optimizer (Adam) and learning rate.
   config.model = export.read_metadata(checkpoint_path)['model']
   config.pretrained_path = os.path.join(checkpoint_path, export.MODEL_NPZ)
-config.model_name = loaded.model_name
 config.total_steps = FINETUNE_STEPS
 config.warmup_steps = min(config.warmup_steps, FINETUNE_STEPS // 2)
 config.batch = FINETUNE_BATCH
 config.eval_every = config.checkpoint_every = FINETUNE_STEPS
 config.progress_every = max(1, FINETUNE_STEPS // 4)
 finetune_dir = tempfile.mkdtemp(prefix='vit_jax_finetune_')
-metrics = train.train_and_evaluate(config, finetune_dir)
-print(f'Test accuracy after {metrics["step"]} steps: '
-      f'{metrics["accuracy"]:.1%}')'''),
+result = train.run(config, finetune_dir)
+print(f'Test accuracy after {result.step} steps: {result.accuracy:.1%}')'''),
       ('markdown', '''\
 ## 4. Export and reload
 

@@ -223,8 +223,10 @@ _CONFIG_CASES = (
      "trainer='tpu'"),
     ('cfg_unknown_optimizer', dict(optimizer='lamb'), ConfigError,
      "optimizer='lamb'"),
-    ('cfg_warmup_too_long', dict(warmup_steps=6), ConfigError,
-     'warmup_steps=6 must be smaller'),
+    ('cfg_negative_warmup', dict(warmup_steps=-1), ConfigError,
+     'warmup_steps=-1 must be >= 0'),
+    ('cfg_two_model_names', dict(model_name='ViT-L_16'), ConfigError,
+     r"model_name='ViT-L_16' disagrees with config.model \('testing'\)"),
     ('cfg_missing_dataset_folder', dict(dataset='/nonexistent/folder'),
      DatasetError, 'does not exist'),
 )
@@ -306,11 +308,11 @@ class ConvertedImagesTest(parameterized.TestCase):
     config = train_test.tiny_config(cls.root, total_steps=3,
                                     warmup_steps=1, eval_every=3)
     cls.workdir = os.path.join(tmp, 'workdir')
-    cls.result = train.train_and_evaluate(config, cls.workdir)
-    cls.info = input_pipeline.get_dataset_info(config)
+    cls.result = train.run(config, cls.workdir)
+    cls.info = input_pipeline.dataset_info(config)
 
   def test_run_finished(self):
-    self.assertEqual(self.result['step'], 3)
+    self.assertEqual(self.result.step, 3)
     params = checkpoint.load(os.path.join(self.workdir, 'model.npz'))
     self.assertTrue(all(np.isfinite(x).all()
                         for x in jax.tree.leaves(params)))
@@ -393,7 +395,8 @@ class CommandLineTest(absltest.TestCase):
     self.assert_clean_failure('bad_npz', r'ERROR: .*truncated or corrupt')
     workdir = os.path.join(self.tmp, 'w_npz')
     if os.path.exists(workdir):  # The compilation cache may live there.
-      self.assertNotIn('checkpoints', os.listdir(workdir))
+      self.assertFalse([d for d in os.listdir(workdir)
+                        if d.startswith('checkpoint_')])
       self.assertNotIn('model.npz', os.listdir(workdir))
 
   def test_nan_loss(self):

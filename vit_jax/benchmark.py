@@ -68,11 +68,7 @@ def host_setup(*, xla_flags: Sequence[str] = (),
   Flags already present in $XLA_FLAGS win over `xla_flags`.
   """
   utils.set_xla_flags(xla_flags)
-  if cache_dir:
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.expanduser(cache_dir))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  utils.enable_compilation_cache(cache_dir, min_compile_time_secs=0)
 
 
 def _listen_to_cache() -> None:
@@ -216,7 +212,7 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
       mfu_vs_matmul_peak=flops / med / peak if peak else 0.0,
       steps=steps, dtype=config.dtype, optim_dtype=config.optim_dtype,
       attention_impl=config.attention_impl, remat=config.remat,
-      losses=losses, devices=jax.device_count(),
+      losses=losses, devices=jax.device_count(), step_times_s=times,
       xla_flags=os.environ.get('XLA_FLAGS', ''),
       glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
       gc_frozen_objects=gc.get_freeze_count())

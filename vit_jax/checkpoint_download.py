@@ -44,21 +44,7 @@ DEFAULT_BASE_URL = 'https://storage.googleapis.com'
 BASE_URL_ENV = 'VIT_JAX_CHECKPOINT_BASE_URL'
 VIT_DATASETS = ('imagenet21k', 'imagenet21k+imagenet2012', 'sam', 'gsam')
 MIXER_DATASETS = ('imagenet1k', 'imagenet21k', 'sam', 'gsam')
-# The upstream AugReg checkpoints recommended by the original README; a bare
-# AugReg model name downloads these.
-AUGREG_RECOMMENDED = {
-    'L_16': 'L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0',
-    'B_16': 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0',
-    'S_16': 'S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0',
-    'R50_L_32': 'R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-'
-                'sd_0.1',
-    'R26_S_32': 'R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-'
-                'sd_0.0',
-    'Ti_16': 'Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
-    'B_32': 'B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0',
-    'S_32': 'S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0',
-    'R_Ti_16': 'R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
-}
+AUGREG_RECOMMENDED = model_configs.AUGREG_RECOMMENDED
 _CHUNK = 1 << 20
 
 

@@ -48,7 +48,7 @@ class LoadedModel(NamedTuple):
   class_names: Optional[List[str]]  # model.json's; None for official files.
 
 
-def _write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
+def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
   try:
@@ -72,8 +72,8 @@ def export_model(workdir: str, *, params: Any, config, info) -> str:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     checkpoint.save(params, path)
-    _write_json_atomic(os.path.join(workdir, MODEL_JSON), {
-        'model_name': config.model_name,
+    write_json_atomic(os.path.join(workdir, MODEL_JSON), {
+        'model_name': config_validation.model_name(config),
         'model': config.model.to_dict(),
         'num_classes': info.num_classes,
         'class_names': list(info.class_names),

@@ -8,6 +8,10 @@ from vit_jax import models_mixer
 from vit_jax import models_vit
 from vit_jax.configs import models as model_configs
 
+AddPositionEmbs = models_vit.AddPositionEmbs
+MlpBlock = models_vit.MlpBlock
+Encoder1DBlock = models_vit.Encoder1DBlock
+Encoder = models_vit.Encoder
 VisionTransformer = models_vit.VisionTransformer
 MlpMixer = models_mixer.MlpMixer
 
@@ -29,6 +33,11 @@ def get_model_config(name: str):
     return model_configs.MODEL_CONFIGS[name]
   if name in model_configs.AUGREG_CONFIGS:
     return model_configs.AUGREG_CONFIGS[name]
+  if name.startswith('LiT-'):
+    raise KeyError(
+        f'{name}: LiT models are not part of this package (they need '
+        'flaxformer and tensorflow_text); see README, "Differences from the '
+        'original release".')
   known = sorted(model_configs.MODEL_CONFIGS)
   raise KeyError(
       f'Unknown model name {name!r}. Known names: {", ".join(known)} '
