@@ -1,0 +1,616 @@
+r"""Few-shot linear evaluation: the ViT paper's representation metric.
+
+  python -m vit_jax.fewshot --checkpoint=/tmp/quickstart --dataset=digits \
+      --shots=1,5,10,25
+
+The representation is frozen; for each seed and shot count k, k training
+images per class are drawn, a ridge regression maps their pre-logits
+features (what the head consumes: the class token after the final
+LayerNorm and the optional `pre_logits` layer, the pooled output for 'gap'
+ViTs and Mixers) to {-1, +1}^K targets, and its argmax is scored on the
+whole test split. Protocol (as in the paper and big_vision): per-class
+random permutations from `np.random.default_rng(seed)`; features
+standardised with the mean and std (+1e-5) of the k * K training images; a
+constant feature 100.0 appended, so the bias is almost unregularised;
+L2 strength lambda (default 2^10); accuracies averaged over seeds (0, 1, 2).
+
+The solver diagonalises whichever of X^T X and X X^T is smaller once, so a
+list of lambdas costs one `eigh`. Only the images that some (k, seed)
+draws are ever decoded and run through the model: few-shot evaluation of
+an ImageNet-sized train split costs k * K * seeds forward passes, not one
+per training image.
+
+During fine-tuning, `config.fewshot` (configs/common.py) runs this at eval
+time and logs `fewshot/<dataset>_<k>shot` (see `create_evaluator`). Bad
+input on the command line (too many shots for a class, a missing
+checkpoint, an unknown dataset) prints one message and exits with status 1.
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import re
+import sys
+import time
+from typing import (Any, Callable, Dict, Iterable, List, NamedTuple, Optional,
+                    Sequence, Tuple)
+
+if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.rerun_with_huge_pages()
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import input_pipeline
+from vit_jax import partitioning
+from vit_jax import utils
+from vit_jax.configs import common
+
+BIAS_FEATURE = 100.0  # Constant feature: a bias that is barely regularised.
+STD_EPS = 1e-5  # Added to the few-shot std before standardising.
+DEFAULT_L2_REG = 2.0**10  # big_vision's default lambda.
+DEFAULT_SHOTS = (1, 5, 10, 25)
+DEFAULT_SEEDS = 3  # Seeds 0, 1, 2.
+_TEST_CHUNK = 4096  # Test rows scored per jitted call (bounds the memory).
+_HIGHEST = jax.lax.Precision.HIGHEST  # No bfloat16 passes on TPU/GPU.
+
+FeaturesFn = Callable[[Any, jax.Array], jax.Array]
+
+
+class FewshotError(input_pipeline.DatasetError):
+  """Few-shot settings that the model or the dataset cannot serve."""
+
+
+class RidgeCache(NamedTuple):
+  """One eigendecomposition from which ridge weights follow for any lambda.
+
+  With X the standardised features plus the bias column (n, d + 1), Y the
+  targets (n, K) and eigvals/Q of the (m, m) Gram matrix, the weights are
+  W(lambda) = left @ (right / (eigvals + lambda)).
+  """
+  mean: jax.Array  # (d,) feature mean of the few-shot images.
+  std: jax.Array  # (d,) their std + STD_EPS.
+  eigvals: jax.Array  # (m,) m = d + 1 (X^T X) or n (X X^T).
+  left: jax.Array  # (d + 1, m): Q, or X^T Q.
+  right: jax.Array  # (m, K): Q^T X^T Y, or Q^T Y.
+
+
+class FewshotResult(NamedTuple):
+  """Accuracies (fractions in [0, 1]) of `fewshot_accuracy`."""
+  shots: Tuple[int, ...]
+  seeds: Tuple[int, ...]
+  l2_regs: Tuple[float, ...]
+  accuracy: np.ndarray  # (len(shots), len(seeds), len(l2_regs)).
+  mean: np.ndarray  # (len(shots), len(l2_regs)): mean over seeds.
+
+
+# ----------------------------------------------------------------- features
+
+
+def pooled_features_model(model):
+  """The same model without its head: returns (batch, features).
+
+  Parameter names are unchanged (a head in the params is simply unused).
+  Raises FewshotError for 'unpooled' ViTs, which give no single vector.
+  """
+  if getattr(model, 'classifier', 'token') in ('unpooled', 'token_unpooled'):
+    raise FewshotError(
+        f'classifier={model.classifier!r} gives one vector per token, not '
+        "one per image: few-shot evaluation needs 'token' or 'gap'.")
+  return model.clone(num_classes=None)
+
+
+def make_features_fn(model, mesh: Optional[jax.sharding.Mesh] = None
+                     ) -> FeaturesFn:
+  """Jitted (params, images (B, H, W, 3) in [-1, 1]) -> float32 (B, D).
+
+  D is the pre-logits width: `representation_size` if set, else the hidden
+  size. With a mesh, the output is replicated (every process gets it all).
+  """
+  headless = pooled_features_model(model)
+
+  def features(params, images):
+    return headless.apply({'params': params}, images, train=False)
+
+  if mesh is None:
+    return jax.jit(features)
+  return jax.jit(features, out_shardings=partitioning.replicated(mesh))
+
+
+def compute_features(features_fn: FeaturesFn, params: Any,
+                     examples: Iterable[Dict[str, np.ndarray]], *,
+                     batch_size: int,
+                     mesh: Optional[jax.sharding.Mesh] = None,
+                     progress: Optional[Callable[[int], Any]] = None
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+  """Features and labels of unbatched examples {'image', 'label'}.
+
+  Batches are zero-padded to `batch_size` (one compile). With a mesh, every
+  process must pass the same examples; each batch is split over the data
+  axis. `progress(n)` is called after each batch with its real size.
+
+  Returns:
+    float32 (n, D) features and int64 (n,) labels, in example order.
+  """
+  feats, labels, images = [], [], []
+
+  def flush():
+    n = len(images)
+    batch = np.zeros((batch_size,) + images[0].shape, np.float32)
+    batch[:n] = np.stack(images)
+    if mesh is not None:
+      batch = jax.make_array_from_callback(
+          batch.shape, partitioning.batch_sharding(mesh),
+          lambda index: batch[index])
+    feats.append(np.asarray(features_fn(params, batch))[:n])
+    images.clear()
+    if progress:
+      progress(n)
+
+  for example in examples:
+    images.append(np.asarray(example['image'], np.float32))
+    labels.append(int(example['label']))
+    if len(images) == batch_size:
+      flush()
+  if images:
+    flush()
+  if not labels:
+    raise FewshotError('No examples to compute features of.')
+  return np.concatenate(feats), np.asarray(labels, np.int64)
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def check_shots(labels: np.ndarray, shots: Sequence[int], *,
+                num_classes: int, where: str = 'the train split',
+                class_names: Optional[Sequence[str]] = None) -> None:
+  """Raises FewshotError unless every class has max(shots) examples."""
+  if not shots or min(shots) < 1:
+    raise FewshotError(f'shots={list(shots)}: give one or more counts >= 1.')
+  counts = np.bincount(np.asarray(labels), minlength=num_classes)
+  short = np.flatnonzero(counts < max(shots))
+  if len(short):
+    name = lambda c: class_names[c] if class_names else str(c)  # pylint: disable=g-long-lambda
+    listed = ', '.join(f'{name(c)!r} ({counts[c]})' for c in short[:10])
+    raise FewshotError(
+        f'{max(shots)} shots need {max(shots)} images in every class, but '
+        f'{where} has fewer in {len(short)} of {num_classes} classes: '
+        f'{listed}. Use --shots of at most {counts.min()}.')
+
+
+def sample_fewshot(labels: np.ndarray, *, shots: int, seed: int,
+                   num_classes: int) -> np.ndarray:
+  """Indices of `shots` examples per class, class by class (k * K,).
+
+  Each class's members are permuted with one `np.random.default_rng(seed)`
+  in class order, and the first `shots` kept: the same seed gives nested
+  draws (the 1-shot images are among the 5-shot ones).
+  """
+  check_shots(labels, [shots], num_classes=num_classes)
+  rng = np.random.default_rng(seed)
+  return np.concatenate([
+      rng.permutation(np.flatnonzero(labels == c))[:shots]
+      for c in range(num_classes)])
+
+
+def needed_indices(labels: np.ndarray, *, shots: Sequence[int],
+                   seeds: Sequence[int], num_classes: int) -> np.ndarray:
+  """Sorted union of the draws of every (shots, seed): what to decode."""
+  draws = [sample_fewshot(labels, shots=max(shots), seed=s,
+                          num_classes=num_classes) for s in seeds]
+  return np.unique(np.concatenate(draws))
+
+
+# -------------------------------------------------------------------- solver
+
+
+def _standardize(x, mean, std):
+  """(x - mean) / std with the constant BIAS_FEATURE column appended."""
+  x = (x.astype(jnp.float32) - mean) / std
+  return jnp.pad(x, ((0, 0), (0, 1)), constant_values=BIAS_FEATURE)
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'gram'))
+def fit_ridge(features: jax.Array, labels: jax.Array, *, num_classes: int,
+              gram: Optional[str] = None) -> RidgeCache:
+  """Eigendecomposes the few-shot problem once for `ridge_weights`.
+
+  Args:
+    features: (n, d) pre-logits features of the few-shot images.
+    labels: int (n,) their classes in [0, num_classes).
+    num_classes: K, the number of target columns.
+    gram: 'features' (X^T X, (d+1)^2) or 'examples' (X X^T, n^2); None
+      picks the smaller. Both give the same weights.
+  """
+  x = features.astype(jnp.float32)
+  mean, std = x.mean(0), x.std(0) + STD_EPS
+  x = _standardize(x, mean, std)
+  y = 2.0 * jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) - 1.0
+  n, d = x.shape
+  if gram not in (None, 'features', 'examples'):
+    raise ValueError(f"gram={gram!r}: use 'features', 'examples' or None.")
+  if gram == 'features' or (gram is None and d <= n):
+    eigvals, q = jnp.linalg.eigh(jnp.matmul(x.T, x, precision=_HIGHEST))
+    right = jnp.matmul(q.T, jnp.matmul(x.T, y, precision=_HIGHEST),
+                       precision=_HIGHEST)
+    return RidgeCache(mean, std, eigvals, q, right)
+  eigvals, q = jnp.linalg.eigh(jnp.matmul(x, x.T, precision=_HIGHEST))
+  left = jnp.matmul(x.T, q, precision=_HIGHEST)
+  return RidgeCache(mean, std, eigvals, left,
+                    jnp.matmul(q.T, y, precision=_HIGHEST))
+
+
+@jax.jit
+def ridge_weights(cache: RidgeCache, l2_regs: jax.Array) -> jax.Array:
+  """(L, d + 1, K) weights minimising |X W - Y|^2 + lambda |W|^2 per lambda.
+
+  The last row multiplies the BIAS_FEATURE column (see `_standardize`).
+  """
+  l2_regs = jnp.asarray(l2_regs, jnp.float32)
+  scaled = cache.right[None] / (cache.eigvals[None, :, None]
+                                + l2_regs[:, None, None])
+  return jnp.einsum('dm,lmk->ldk', cache.left, scaled, precision=_HIGHEST)
+
+
+@jax.jit
+def _count_correct(cache: RidgeCache, weights: jax.Array,
+                   features: jax.Array, labels: jax.Array) -> jax.Array:
+  """(L,) number of rows whose argmax is their label (-1: padding)."""
+  x = _standardize(features, cache.mean, cache.std)
+  scores = jnp.einsum('nd,ldk->lnk', x, weights, precision=_HIGHEST)
+  return (jnp.argmax(scores, -1) == labels[None]).sum(-1)
+
+
+def ridge_accuracy(cache: RidgeCache, features: np.ndarray,
+                   labels: np.ndarray, l2_regs: Sequence[float]) -> np.ndarray:
+  """(L,) test accuracy per lambda; features (N, d) scored in chunks."""
+  weights = ridge_weights(cache, jnp.asarray(l2_regs, jnp.float32))
+  chunk = min(_TEST_CHUNK, len(labels))
+  correct = np.zeros(len(l2_regs), np.int64)
+  for start in range(0, len(labels), chunk):  # Fixed shape: one compile.
+    x = np.zeros((chunk, features.shape[1]), np.float32)
+    y = np.full((chunk,), -1, np.int32)
+    part = slice(start, start + chunk)
+    n = len(labels[part])
+    x[:n], y[:n] = features[part], labels[part]
+    correct += np.asarray(_count_correct(cache, weights, x, y))
+  return correct / len(labels)
+
+
+def fewshot_accuracy(
+    *, train_features: np.ndarray, train_labels: np.ndarray,
+    test_features: np.ndarray, test_labels: np.ndarray,
+    shots: Sequence[int] = DEFAULT_SHOTS,
+    seeds: Sequence[int] = tuple(range(DEFAULT_SEEDS)),
+    l2_regs: Sequence[float] = (DEFAULT_L2_REG,),
+    num_classes: Optional[int] = None,
+    train_rows: Optional[np.ndarray] = None) -> FewshotResult:
+  """Few-shot linear accuracy for every (shots, seed, lambda).
+
+  Args:
+    train_features: (m, d) features of the train pool, or only of the
+      examples `train_rows` lists.
+    train_labels: int (n,) labels of the whole train pool; the draws are
+      made from these (`sample_fewshot`).
+    test_features: (N, d); test_labels: int (N,).
+    shots: images per class; seeds: one draw each; l2_regs: lambdas, all
+      solved from one eigendecomposition per (shots, seed).
+    num_classes: default max(label) + 1 over both splits.
+    train_rows: sorted positions in train_labels of the rows of
+      train_features (e.g. `needed_indices`); None: all, in order.
+
+  Returns:
+    FewshotResult with accuracies in [0, 1].
+  """
+  train_labels = np.asarray(train_labels)
+  if num_classes is None:
+    num_classes = int(max(train_labels.max(), np.max(test_labels))) + 1
+  check_shots(train_labels, shots, num_classes=num_classes)
+  rows = (np.arange(len(train_labels)) if train_rows is None
+          else np.asarray(train_rows))
+  if len(rows) != len(train_features):
+    raise FewshotError(f'{len(train_features)} train features for '
+                       f'{len(rows)} train rows.')
+  acc = np.zeros((len(shots), len(seeds), len(l2_regs)))
+  for i, k in enumerate(shots):
+    for j, seed in enumerate(seeds):
+      picks = sample_fewshot(train_labels, shots=k, seed=seed,
+                             num_classes=num_classes)
+      where = np.searchsorted(rows, picks)
+      if np.any(where >= len(rows)) or np.any(
+          rows[np.minimum(where, len(rows) - 1)] != picks):
+        raise FewshotError('train_rows lacks drawn examples: compute the '
+                           'features of `needed_indices(...)`.')
+      cache = fit_ridge(train_features[where], train_labels[picks],
+                        num_classes=num_classes)
+      acc[i, j] = ridge_accuracy(cache, test_features, test_labels, l2_regs)
+  return FewshotResult(tuple(shots), tuple(seeds), tuple(l2_regs), acc,
+                       acc.mean(axis=1))
+
+
+# ------------------------------------------------------------------ datasets
+
+
+@dataclasses.dataclass(frozen=True)
+class FewshotData:
+  """A dataset prepared once for repeated few-shot evaluations."""
+  name: str  # Its name in the TensorBoard tags.
+  info: input_pipeline.DatasetInfo
+  train_labels: np.ndarray  # int64 (n,): every train record's label.
+  train_rows: np.ndarray  # Sorted train records that some draw uses.
+  train: Any  # tf.data: those records, eval-preprocessed, unbatched.
+  test: Any  # tf.data: the whole test split, likewise.
+
+
+def tag_name(dataset: str) -> str:
+  """'digits' -> 'digits'; '/data/my_flowers/' -> 'my_flowers'."""
+  if os.path.isdir(os.path.expanduser(dataset)) and dataset != 'digits':
+    dataset = os.path.basename(os.path.normpath(dataset))
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)
+
+
+def data_config(dataset: str, *, crop: int, tfds_data_dir: Optional[str] =
+                None, train_split: Optional[str] = None,
+                test_split: Optional[str] = None):
+  """A data ConfigDict for `input_pipeline`: the dataset's preset splits
+  (`common.DATASET_PRESETS`; 'train'/'test' for folders) at `crop` px."""
+  config = common.with_dataset(common.get_config(), dataset)
+  config.pp.crop = crop
+  config.tfds_data_dir = tfds_data_dir
+  config.pp.train = train_split or config.pp.train
+  config.pp.test = test_split or config.pp.test
+  return config
+
+
+def load_data(config, *, shots: Sequence[int],
+              seeds: Sequence[int]) -> FewshotData:
+  """Reads the labels and checks the shots before any image is decoded.
+
+  Raises:
+    FewshotError: a class of the train split has fewer than max(shots)
+      images. input_pipeline.DatasetError: an unusable dataset.
+  """
+  train, test, info = input_pipeline.get_labeled_splits(config)
+  check_shots(train.labels, shots, num_classes=info.num_classes,
+              class_names=info.class_names,
+              where=f"split '{config.pp.train}' of '{config.dataset}'")
+  rows = needed_indices(train.labels, shots=shots, seeds=seeds,
+                        num_classes=info.num_classes)
+  crop = config.pp.crop
+  return FewshotData(
+      name=tag_name(config.dataset), info=info, train_labels=train.labels,
+      train_rows=rows,
+      train=input_pipeline.eval_examples(train, crop=crop, indices=rows),
+      test=input_pipeline.eval_examples(test, crop=crop))
+
+
+def evaluate(data: FewshotData, features_fn: FeaturesFn, params: Any, *,
+             shots: Sequence[int], seeds: Sequence[int],
+             l2_regs: Sequence[float], batch_size: int,
+             mesh: Optional[jax.sharding.Mesh] = None,
+             progress: Optional[Callable[[int], Any]] = None
+             ) -> FewshotResult:
+  """Features of the drawn train images and of the test split, then
+  `fewshot_accuracy`. `progress(n)` counts images as they are done."""
+  kw = dict(batch_size=batch_size, mesh=mesh, progress=progress)
+  train, _ = compute_features(features_fn, params,
+                              data.train.as_numpy_iterator(), **kw)
+  test, test_labels = compute_features(features_fn, params,
+                                       data.test.as_numpy_iterator(), **kw)
+  return fewshot_accuracy(
+      train_features=train, train_labels=data.train_labels,
+      train_rows=data.train_rows, test_features=test, test_labels=test_labels,
+      shots=shots, seeds=seeds, l2_regs=l2_regs,
+      num_classes=data.info.num_classes)
+
+
+def scalars(name: str, result: FewshotResult) -> Dict[str, float]:
+  """{'fewshot/<name>_<k>shot': mean accuracy} for the first lambda, and
+  '..._l2_<lambda>' for the others."""
+  out = {}
+  for i, k in enumerate(result.shots):
+    for j, l2 in enumerate(result.l2_regs):
+      suffix = '' if j == 0 else f'_l2_{l2:g}'
+      out[f'fewshot/{name}_{k}shot{suffix}'] = float(result.mean[i, j])
+  return out
+
+
+# ------------------------------------------------------------------ training
+
+
+class Evaluator:
+  """Few-shot evaluation inside fine-tuning (`config.fewshot`).
+
+  Built once (datasets listed, shots checked, nothing decoded yet); `run`
+  returns the scalars of `scalars` for every dataset.
+  """
+
+  def __init__(self, config, model, mesh: jax.sharding.Mesh):
+    fs = config.fewshot
+    self.shots = tuple(int(k) for k in fs.shots)
+    self.seeds = tuple(range(int(fs.seeds)))
+    self.l2_regs = tuple(float(l2) for l2 in fs.l2_regs)
+    self.every = int(fs.every) or config.eval_every
+    problems = [p for ok, p in (
+        (self.shots and min(self.shots) >= 1,
+         f'--config.fewshot.shots={fs.shots} must be counts >= 1'),
+        (self.seeds, f'--config.fewshot.seeds={fs.seeds} must be >= 1'),
+        (self.l2_regs and min(self.l2_regs) > 0,
+         f'--config.fewshot.l2_regs={fs.l2_regs} must be positive'),
+        (fs.every >= 0, f'--config.fewshot.every={fs.every} must be >= 0'),
+    ) if not ok]
+    if problems:
+      raise FewshotError('Invalid few-shot config: ' + '; '.join(problems))
+    self._batch_size = config.batch_eval
+    self._mesh = mesh
+    self._features_fn = make_features_fn(model, mesh)
+    self.datasets = [
+        load_data(data_config(name, crop=config.pp.crop,
+                              tfds_data_dir=config.tfds_data_dir),
+                  shots=self.shots, seeds=self.seeds)
+        for name in fs.datasets]
+
+  def is_due(self, step: int, total_steps: int) -> bool:
+    """At every `every` steps (default: eval_every) and the last step."""
+    return utils.itstime(step, self.every, total_steps)
+
+  def run(self, params: Any) -> Dict[str, float]:
+    """{'fewshot/<dataset>_<k>shot': mean accuracy over seeds, ...}."""
+    out = {}
+    for data in self.datasets:
+      result = evaluate(data, self._features_fn, params, shots=self.shots,
+                        seeds=self.seeds, l2_regs=self.l2_regs,
+                        batch_size=self._batch_size, mesh=self._mesh)
+      out.update(scalars(data.name, result))
+    return out
+
+
+def create_evaluator(config, model, mesh: jax.sharding.Mesh
+                     ) -> Optional[Evaluator]:
+  """An `Evaluator` if `config.fewshot.datasets` names any, else None."""
+  fs = config.get('fewshot')
+  if fs is None or not fs.datasets:
+    return None
+  return Evaluator(config, model, mesh)
+
+
+# -------------------------------------------------------------- command line
+
+
+def _int_list(text: str) -> List[int]:
+  try:
+    return [int(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'{text!r} is not a comma-separated list of integers') from None
+
+
+def _float_list(text: str) -> List[float]:
+  try:
+    return [float(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'{text!r} is not a comma-separated list of numbers') from None
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='python -m vit_jax.fewshot',
+      description='Few-shot linear accuracy of a checkpoint\'s pre-logits '
+      'features.')
+  add = parser.add_argument
+  add('--checkpoint', required=True,
+      help='training workdir, its model.npz, or an official .npz file')
+  add('--model', default=None, help='registered model name (e.g. ViT-B_16); '
+      'required for official .npz files')
+  add('--dataset', required=True,
+      help="tfds name, image folder (train/<class>/, test/<class>/) or "
+      "'digits'")
+  add('--shots', type=_int_list, default=list(DEFAULT_SHOTS),
+      help='images per class, comma-separated (default 1,5,10,25)')
+  add('--seeds', type=int, default=DEFAULT_SEEDS,
+      help='draws per shot count, seeds 0..N-1 (default 3)')
+  add('--l2_regs', type=_float_list, default=[DEFAULT_L2_REG],
+      help='ridge strengths, comma-separated (default 1024)')
+  add('--resolution', type=int, default=None,
+      help="input side in pixels (default: the checkpoint's)")
+  add('--batch_size', type=int, default=64, help='images per forward pass')
+  add('--train_split', default=None, help="default: the dataset preset's")
+  add('--test_split', default=None, help="default: the dataset preset's")
+  add('--tfds_data_dir', default=None, help='tfds data_dir')
+  add('--random_init', action='store_true',
+      help='ignore the weights: a randomly initialised model of the '
+      "checkpoint's architecture (PRNGKey(0)), as a baseline")
+  return parser
+
+
+def format_table(result: FewshotResult) -> str:
+  """One row per shot count: mean accuracy (%) and the per-seed values."""
+  head = ['shots'] + [f'l2={l2:g}' for l2 in result.l2_regs]
+  rows = [head]
+  for i, k in enumerate(result.shots):
+    cells = [str(k)]
+    for j in range(len(result.l2_regs)):
+      seeds = ' '.join(f'{100 * a:.1f}' for a in result.accuracy[i, :, j])
+      cells.append(f'{100 * result.mean[i, j]:5.1f}%  ({seeds})')
+    rows.append(cells)
+  widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+  return '\n'.join('  '.join(cell.rjust(w) if c == 0 else cell.ljust(w)
+                             for c, (cell, w) in enumerate(zip(r, widths)))
+                   .rstrip() for r in rows)
+
+
+def _load(args) -> Tuple[Any, Any, str, int]:
+  """(model, params, model_name, resolution) from the arguments."""
+  from vit_jax import export  # pylint: disable=g-import-not-at-top
+  loaded = export.load_model(args.checkpoint, args.model, args.resolution)
+  params = loaded.params
+  if args.random_init:
+    x = jnp.zeros((1, loaded.resolution, loaded.resolution, 3), jnp.float32)
+    params = jax.jit(lambda x: loaded.model.init(
+        jax.random.PRNGKey(0), x, train=False)['params'])(x)
+  return loaded.model, params, loaded.model_name, loaded.resolution
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+  """Loads and checks everything, computes features, prints the results."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  seeds = tuple(range(args.seeds))
+  if not args.shots or min(args.shots) < 1 or not seeds:
+    raise FewshotError('--shots must list counts >= 1 and --seeds be >= 1.')
+  if not args.l2_regs or min(args.l2_regs) <= 0 or args.batch_size < 1:
+    raise FewshotError('--l2_regs must be positive, --batch_size >= 1.')
+  model, params, model_name, resolution = _load(args)
+  features_fn = make_features_fn(model)  # Checks the classifier.
+  data = load_data(data_config(
+      args.dataset, crop=resolution, tfds_data_dir=args.tfds_data_dir,
+      train_split=args.train_split, test_split=args.test_split),
+                   shots=args.shots, seeds=seeds)
+  total = len(data.train_rows) + data.info.num_test_examples
+  with tqdm.tqdm(total=total, unit='img', desc='features',
+                 file=sys.stderr) as bar:
+    result = evaluate(data, features_fn, params, shots=args.shots,
+                      seeds=seeds, l2_regs=args.l2_regs,
+                      batch_size=args.batch_size, progress=bar.update)
+  seconds = time.perf_counter() - start
+  weights = 'random init' if args.random_init else args.checkpoint
+  print(f'{model_name} ({weights}) at {resolution} px on {args.dataset}: '
+        f'{data.info.num_classes} classes, {data.info.num_test_examples} '
+        f'test images, seeds {list(seeds)}, {seconds:.1f} s')
+  print(format_table(result))
+  record = {
+      'checkpoint': args.checkpoint, 'model': model_name,
+      'random_init': args.random_init, 'dataset': args.dataset,
+      'resolution': resolution, 'num_classes': data.info.num_classes,
+      'seeds': list(seeds), 'seconds': round(seconds, 2),
+      'results': [
+          {'shots': k, 'l2_reg': l2, 'mean': float(result.mean[i, j]),
+           'per_seed': [float(a) for a in result.accuracy[i, :, j]]}
+          for i, k in enumerate(result.shots)
+          for j, l2 in enumerate(result.l2_regs)]}
+  print(json.dumps(record))
+  return record
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command line; returns the exit status (0, or 1 on bad input)."""
+  from vit_jax import errors  # pylint: disable=g-import-not-at-top
+  args = _parser().parse_args(argv)
+  utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
+  try:
+    run(args)
+  except errors.USER_ERRORS as e:  # FewshotError is a DatasetError.
+    print(f'vit_jax.fewshot: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  host.freeze_imported_objects()  # Imports done: see host.py.
+  sys.exit(main())
