@@ -180,7 +180,8 @@ def check_shots(labels: np.ndarray, shots: Sequence[int], *,
     raise FewshotError(
         f'{max(shots)} shots need {max(shots)} images in every class, but '
         f'{where} has fewer in {len(short)} of {num_classes} classes: '
-        f'{listed}. Use --shots of at most {counts.min()}.')
+        f'{listed}. ' + (f'Use at most {counts.min()} shots.' if counts.min()
+                         else 'Every class needs training images.'))
 
 
 def sample_fewshot(labels: np.ndarray, *, shots: int, seed: int,

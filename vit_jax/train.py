@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import export
+from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import partitioning
@@ -367,6 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_ds, test_ds, info = input_pipeline.get_datasets(
       config, start_step=start, process_index=block, process_count=blocks)
   model = create_model(config, info.num_classes)
+  fewshot_eval = fewshot.create_evaluator(config, model, mesh)  # None: off.
   tx, lr_fn = create_optimizer(config)
   if start:  # The checkpoint replaces the pretrained weights: skip them.
     state, shardings = _abstract_state(config, model, tx, mesh)
@@ -382,7 +384,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer.write_hparams(_hparams(config))
   try:
     state, accuracy = _train_loop(config, state, train_fn, eval_fn, train_ds,
-                                  test_ds, mesh, writer, manager)
+                                  test_ds, mesh, writer, manager,
+                                  fewshot_eval)
   finally:  # Also on errors: finish the (checked) checkpoint being written.
     manager.wait_until_finished()
   if config.export:
@@ -406,7 +409,8 @@ def _abstract_state(config, model, tx, mesh) -> Tuple[TrainState, Any]:
 
 
 def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
-                writer, manager) -> Tuple[TrainState, float]:
+                writer, manager,
+                fewshot_eval=None) -> Tuple[TrainState, float]:
   """Steps from state.step + 1 to total_steps with logging, eval, saving."""
   total = config.total_steps
   sharding = partitioning.batch_sharding(mesh)
@@ -435,6 +439,10 @@ def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
                             blocks)
       writer.write_scalars(step, {'test_accuracy': accuracy})
       tick = time.perf_counter()  # Eval time is not training throughput.
+    if fewshot_eval and fewshot_eval.is_due(step, total):  # config.fewshot
+      with report.timed('fewshot'):
+        writer.write_scalars(step, fewshot_eval.run(state.params))
+      tick = time.perf_counter()
     if utils.itstime(step, config.checkpoint_every, total):
       # Never save past an unchecked step: a 'raise' run must not resume
       # beyond the bad batch.
