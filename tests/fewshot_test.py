@@ -205,16 +205,17 @@ class FeaturesTest(parameterized.TestCase):
     model = models.build_model(tiny_vit(), num_classes=None)
     params = test_util.random_params(model, 16, unit_scales=True)
     rng = np.random.default_rng(1)
-    examples = [{'image': rng.uniform(-1, 1, (16, 16, 3)), 'label': i % 3}
-                for i in range(7)]
+    images = rng.uniform(-1, 1, (7, 16, 16, 3)).astype(np.float32)
+    batches = [{'image': images[i:i + 3], 'label': np.arange(7)[i:i + 3]}
+               for i in range(0, 7, 3)]  # 3, 3 and 1 images.
     seen = []
     feats, labels = fewshot.compute_features(
-        fewshot.make_features_fn(model), params, examples, batch_size=3,
+        fewshot.make_features_fn(model), params, batches, batch_size=3,
         progress=seen.append)
     self.assertEqual(seen, [3, 3, 1])
-    np.testing.assert_array_equal(labels, [0, 1, 2, 0, 1, 2, 0])
+    np.testing.assert_array_equal(labels, np.arange(7))
     want = jax.jit(functools.partial(model.apply, train=False))(
-        {'params': params}, np.stack([e['image'] for e in examples]))
+        {'params': params}, images)
     np.testing.assert_allclose(feats, want, rtol=1e-5, atol=1e-5)
 
 

@@ -102,45 +102,38 @@ def make_features_fn(model, mesh: Optional[jax.sharding.Mesh] = None
 
 
 def compute_features(features_fn: FeaturesFn, params: Any,
-                     examples: Iterable[Dict[str, np.ndarray]], *,
+                     batches: Iterable[Dict[str, np.ndarray]], *,
                      batch_size: int,
                      mesh: Optional[jax.sharding.Mesh] = None,
                      progress: Optional[Callable[[int], Any]] = None
                      ) -> Tuple[np.ndarray, np.ndarray]:
-  """Features and labels of unbatched examples {'image', 'label'}.
+  """Features and labels of batches {'image': (b, H, W, 3), 'label': (b,)}.
 
-  Batches are zero-padded to `batch_size` (one compile). With a mesh, every
-  process must pass the same examples; each batch is split over the data
-  axis. `progress(n)` is called after each batch with its real size.
+  Batches of b < batch_size images are zero-padded (one compile). With a
+  mesh, every process must pass the same batches; each is split over the
+  data axis. `progress(b)` is called after each batch.
 
   Returns:
-    float32 (n, D) features and int64 (n,) labels, in example order.
+    float32 (n, D) features and int64 (n,) labels, in input order.
   """
-  feats, labels, images = [], [], []
-
-  def flush():
-    n = len(images)
-    batch = np.zeros((batch_size,) + images[0].shape, np.float32)
-    batch[:n] = np.stack(images)
+  feats, labels = [], []
+  for batch in batches:
+    n = len(batch['label'])
+    if not 0 < n <= batch_size:
+      raise ValueError(f'A batch of {n} images; expected 1..{batch_size}.')
+    images = np.zeros((batch_size,) + batch['image'].shape[1:], np.float32)
+    images[:n] = batch['image']
     if mesh is not None:
-      batch = jax.make_array_from_callback(
-          batch.shape, partitioning.batch_sharding(mesh),
-          lambda index: batch[index])
-    feats.append(np.asarray(features_fn(params, batch))[:n])
-    images.clear()
+      images = jax.make_array_from_callback(
+          images.shape, partitioning.batch_sharding(mesh),
+          lambda index, images=images: images[index])
+    feats.append(np.asarray(features_fn(params, images))[:n])
+    labels.append(np.asarray(batch['label'], np.int64))
     if progress:
       progress(n)
-
-  for example in examples:
-    images.append(np.asarray(example['image'], np.float32))
-    labels.append(int(example['label']))
-    if len(images) == batch_size:
-      flush()
-  if images:
-    flush()
   if not labels:
-    raise FewshotError('No examples to compute features of.')
-  return np.concatenate(feats), np.asarray(labels, np.int64)
+    raise FewshotError('No images to compute features of.')
+  return np.concatenate(feats), np.concatenate(labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +198,10 @@ def evaluate(data: FewshotData, features_fn: FeaturesFn, params: Any, *,
   """Features of the drawn train images and of the test split, then
   `fewshot_accuracy`. `progress(n)` counts images as they are done."""
   kw = dict(batch_size=batch_size, mesh=mesh, progress=progress)
-  train, _ = compute_features(features_fn, params,
-                              data.train.as_numpy_iterator(), **kw)
+  batches = lambda ds: ds.batch(batch_size).as_numpy_iterator()  # pylint: disable=g-long-lambda
+  train, _ = compute_features(features_fn, params, batches(data.train), **kw)
   test, test_labels = compute_features(features_fn, params,
-                                       data.test.as_numpy_iterator(), **kw)
+                                       batches(data.test), **kw)
   return fewshot_accuracy(
       train_features=train, train_labels=data.train_labels,
       train_rows=data.train_rows, test_features=test, test_labels=test_labels,
