@@ -340,10 +340,16 @@ class TrainingHookTest(absltest.TestCase):
     console = '\n'.join(logs.output)
     self.assertIn('[6] fewshot/pets_1shot=', console)
 
-  def test_too_many_shots_fail_before_training(self):
+  def test_bad_fewshot_configs_fail_before_training(self):
     workdir = self.create_tempdir().full_path
-    with self.assertRaisesRegex(fewshot.FewshotError, 'at most 8'):
-      train.train_and_evaluate(self.config(shots=(9,)), workdir)
+    for fields, message in (
+        (dict(shots=(9,)), "fewer in 2 of 2 classes: 'cat' \\(8\\), "
+         "'dog' \\(8\\). Use at most 8 shots"),
+        (dict(shots=(0, 1), seeds=0),
+         r'shots=\(0, 1\) must be counts >= 1; .*seeds=0 must be >= 1'),
+    ):
+      with self.assertRaisesRegex(fewshot.FewshotError, message):
+        train.train_and_evaluate(self.config(**fields), workdir)
     self.assertEmpty(os.listdir(workdir))
 
 

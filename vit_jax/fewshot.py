@@ -254,6 +254,11 @@ class Evaluator:
                               tfds_data_dir=config.tfds_data_dir),
                   shots=self.shots, seeds=self.seeds)
         for name in fs.datasets]
+    names = [data.name for data in self.datasets]
+    if len(set(names)) < len(names):
+      raise FewshotError(f'--config.fewshot.datasets={fs.datasets} gives '
+                         f'the same tag name twice ({names}); rename a '
+                         'folder.')
 
   def is_due(self, step: int, total_steps: int) -> bool:
     """At every `every` steps (default: eval_every) and the last step."""
