@@ -197,11 +197,13 @@ def evaluate(data: FewshotData, features_fn: FeaturesFn, params: Any, *,
              ) -> FewshotResult:
   """Features of the drawn train images and of the test split, then
   `fewshot_accuracy`. `progress(n)` counts images as they are done."""
-  kw = dict(batch_size=batch_size, mesh=mesh, progress=progress)
-  batches = lambda ds: ds.batch(batch_size).as_numpy_iterator()  # pylint: disable=g-long-lambda
-  train, _ = compute_features(features_fn, params, batches(data.train), **kw)
-  test, test_labels = compute_features(features_fn, params,
-                                       batches(data.test), **kw)
+  def features(ds):
+    return compute_features(
+        features_fn, params, ds.batch(batch_size).as_numpy_iterator(),
+        batch_size=batch_size, mesh=mesh, progress=progress)
+
+  train, _ = features(data.train)
+  test, test_labels = features(data.test)
   return fewshot_accuracy(
       train_features=train, train_labels=data.train_labels,
       train_rows=data.train_rows, test_features=test, test_labels=test_labels,
