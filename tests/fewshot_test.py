@@ -313,7 +313,8 @@ class TrainingHookTest(absltest.TestCase):
         os.path.join(self.create_tempdir().full_path, 'pets'))
 
   def config(self, **fewshot_fields):
-    config = train_test.tiny_config(self.data, export=False)
+    config = train_test.tiny_config(self.data, export=False,
+                                   checkpoint_every=0)
     config.fewshot.datasets = (self.data,)
     config.fewshot.update(fewshot_fields)
     return config
