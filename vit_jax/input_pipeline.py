@@ -678,3 +678,62 @@ def prefetch(dataset: tf.data.Dataset,
       yield queue.popleft()
   yield from queue
 
+
+# Evaluation-only access (few-shot): whole splits in their fixed order, with
+# the labels read first and any subset of records decoded on demand.
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledSplit:
+  """One split's records in their fixed order, for evaluation-only uses."""
+
+  labels: np.ndarray  # int64 (n,): label of every record, in record order.
+  records: tf.data.Dataset  # (data, label) records, as in `_Source`.
+  from_files: bool  # data is a file path (else encoded image bytes).
+
+
+def get_labeled_splits(
+    config) -> tuple[LabeledSplit, LabeledSplit, DatasetInfo]:
+  """(train, test, info) of config.dataset: splits config.pp.train/test.
+
+  Labels are read without decoding any image (a tfds split is still read
+  once from disk). Image folders are checked with PIL first, as in
+  `get_datasets`. Raises DatasetError for unusable datasets.
+  """
+  _hide_accelerators_from_tf()
+  source = _get_source(config, check_images=True)
+
+  def split(records):
+    labels = records.map(lambda data, label: label).as_numpy_iterator()
+    return LabeledSplit(np.fromiter(labels, np.int64), records,
+                        source.from_files)
+
+  return split(source.train), split(source.test), source.info
+
+
+def eval_examples(split: LabeledSplit, *, crop: int,
+                  indices: np.ndarray | None = None) -> tf.data.Dataset:
+  """One unbatched pass with eval preprocessing (`preprocess_for_eval`).
+
+  Args:
+    split: from `get_labeled_splits`.
+    crop: output side (pixels).
+    indices: only these record positions, in increasing order (the others
+      are skipped undecoded); None: every record.
+
+  Returns:
+    {'image': float32 (crop, crop, 3) in [-1, 1], 'label': int32}.
+  """
+  ds = split.records
+  if indices is not None:
+    keep = np.zeros(len(split.labels), bool)
+    keep[np.asarray(indices, np.int64)] = True
+    keep = tf.constant(keep)
+    ds = ds.enumerate().filter(lambda i, _: tf.gather(keep, i))
+    ds = ds.map(lambda _, record: record)
+
+  def preprocess(data, label):
+    image, label = _decode_record((data, label), split.from_files)
+    return {'image': preprocess_for_eval(image, crop), 'label': label}
+
+  return _finish(ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE))

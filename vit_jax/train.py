@@ -34,6 +34,7 @@ from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import errors
 from vit_jax import export
+from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import partitioning
@@ -409,6 +410,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       config, start_step=start, process_index=block, process_count=blocks)
   (train_ds, test_ds), info = datasets, datasets.info
   model = create_model(config, info.num_classes)
+  fewshot_eval = fewshot.create_evaluator(config, model, mesh)  # None: off.
   tx, lr_fn = create_optimizer(config)
   if start:  # The checkpoint replaces the pretrained weights: skip them.
     state, shardings = _abstract_state(config, model, tx, mesh)
@@ -439,7 +441,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   try:
     state, accuracy = _train_loop(config, state, train_fn, eval_fn, train_ds,
                                   test_ds, mesh, writer, manager, lr_fn,
-                                  info.num_test_examples)
+                                  info.num_test_examples, fewshot_eval)
   finally:  # Also on errors: finish the (checked) checkpoint being written.
     manager.wait_until_finished()
     manager.close()
@@ -485,13 +487,14 @@ def _abstract_state(config, model, tx, mesh) -> Tuple[TrainState, Any]:
 
 
 def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
-                writer, manager, lr_fn,
-                num_test: int) -> Tuple[TrainState, float]:
+                writer, manager, lr_fn, num_test: int,
+                fewshot_eval=None) -> Tuple[TrainState, float]:
   """Steps from state.step + 1 to total_steps with logging, eval, saving.
 
   TensorBoard tags are the original's (train_loss, img_sec_core_train,
   accuracy_test, lr, img_sec_core_test) plus grad_norm and learning_rate
-  (the rate the logged update applied; `lr` is the original's lr_fn(step)).
+  (the rate the logged update applied; `lr` is the original's lr_fn(step))
+  and, with config.fewshot, fewshot/<dataset>_<k>shot.
   """
   total = config.total_steps
   sharding = partitioning.batch_sharding(mesh)
@@ -526,6 +529,9 @@ def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
                                / jax.device_count()})
       logging.info('Step %d/%d: test accuracy %.5f (%.1f s)', step, total,
                    accuracy, seconds)
+    if fewshot_eval and fewshot_eval.is_due(step, total):  # config.fewshot
+      with progress.paused():
+        writer.write_scalars(step, fewshot_eval.run(state.params))
     if utils.itstime(step, config.checkpoint_every, total):
       # Never save past an unchecked step: a 'raise' run must not resume
       # beyond the bad batch.

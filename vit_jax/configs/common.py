@@ -98,6 +98,17 @@ def get_config():
   # Cadences (in steps).
   config.eval_every = 100  # Test accuracy.
   config.progress_every = 10  # Train loss, learning rate, img/s.
+  # Few-shot linear evaluation of the pre-logits features (vit_jax/
+  # fewshot.py), logged as fewshot/<dataset>_<k>shot. Off while `datasets`
+  # is empty; e.g. --config.fewshot.datasets=digits.
+  config.fewshot = ml_collections.ConfigDict()
+  config.fewshot.datasets = ()  # tfds names, 'digits' or image folders.
+  config.fewshot.shots = (1, 5, 10, 25)  # Training images per class.
+  config.fewshot.seeds = 3  # Draws per shot count (seeds 0..n-1), averaged.
+  # Ridge strengths, all from one eigendecomposition; the first is logged as
+  # fewshot/<dataset>_<k>shot, the others with the suffix _l2_<value>.
+  config.fewshot.l2_regs = (2.0**10,)
+  config.fewshot.every = 0  # Steps between runs; 0: with every eval.
   # JAX's persistent compilation cache; '' disables. Relative paths are
   # taken inside the workdir.
   config.compilation_cache = 'jax_cache'
