@@ -28,6 +28,7 @@ from tests import train_test
 from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import input_pipeline
+from vit_jax import models
 from vit_jax import train
 
 CheckpointError = checkpoint.CheckpointError
@@ -39,8 +40,8 @@ def tiny_params(hidden: int = 16):
   """Random float32 parameters of train_test.tiny_config's model."""
   config = train_test.tiny_config('unused')
   config.model.hidden_size = hidden
-  abstract = train.abstract_params(train.create_model(config, 2),
-                                   config.pp.crop)
+  abstract = models.abstract_params(train.create_model(config, 2),
+                                    config.pp.crop)
   rng = np.random.RandomState(0)
   return jax.tree.map(
       lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), abstract)

@@ -45,7 +45,9 @@ import jax
 import numpy as np
 import scipy.ndimage
 
+from vit_jax import checkpoint_names
 from vit_jax import errors
+from vit_jax import models
 
 Params = Dict[str, Any]  # Nested dict of arrays.
 
@@ -136,9 +138,7 @@ def _is_groupnorm_leaf(key: str) -> bool:
 
 
 def _how_to_get(path: str, model_name: Optional[str] = None) -> str:
-  # Imported here: checkpoint_download imports this module.
-  from vit_jax import checkpoint_download  # pylint: disable=g-import-not-at-top
-  return checkpoint_download.how_to_get(path, model_name=model_name)
+  return checkpoint_names.how_to_get(path, model_name=model_name)
 
 
 def check_exists(path, *, model_name: Optional[str] = None) -> None:
@@ -416,6 +416,34 @@ def _get(tree, path):
   return tree
 
 
+def fit_posemb(params: Params, expected, *, has_class_token: bool,
+               grid_shape: Optional[Tuple[int, int]] = None,
+               source: str = 'The checkpoint') -> None:
+  """Resizes params' position embedding, in place, to expected's length.
+
+  Does nothing when either has none, the lengths agree, or the widths
+  differ (then `inspect_params` reports the mismatch). See
+  `interpolate_posembed` for `has_class_token` and `grid_shape`.
+
+  Raises:
+    CheckpointError: the embedding cannot be resized to that length.
+  """
+  posemb, target = _get(params, _POSEMB), _get(expected, _POSEMB)
+  if (posemb is None or target is None or _shape(posemb) == _shape(target)
+      or len(_shape(target)) != 3 or _shape(posemb)[-1] != _shape(target)[-1]):
+    return
+  logging.info('%s: resizing the position embedding %s to %s', source,
+               _shape(posemb), _shape(target))
+  try:
+    params['Transformer']['posembed_input']['pos_embedding'] = (
+        interpolate_posembed(posemb, _shape(target)[1], has_class_token,
+                             grid_shape=grid_shape))
+  except ValueError as e:
+    raise CheckpointError(
+        f'{source}: cannot resize the position embedding from '
+        f'{_shape(posemb)} to {_shape(target)}: {e}.') from None
+
+
 def load_pretrained(*, pretrained_path, init_params, model_config,
                     grid_shape: Optional[Tuple[int, int]] = None) -> Params:
   """Loads a checkpoint and adapts it to a fine-tuning model.
@@ -450,24 +478,8 @@ def load_pretrained(*, pretrained_path, init_params, model_config,
     restored['head'] = jax.device_get(dict(init_params['head']))
   elif restored.pop('head', None) is not None:
     logging.info('load_pretrained: model has no head; dropped the file\'s')
-  posemb, target = _get(restored, _POSEMB), _get(init_params, _POSEMB)
-  if (posemb is not None and target is not None and
-      posemb.shape != _shape(target) and len(_shape(target)) == 3 and
-      posemb.shape[-1] == _shape(target)[-1]):
-    logging.info('load_pretrained: resized variant: %s to %s', posemb.shape,
-                 _shape(target))
-    # The original tests classifier == 'token' only, which breaks on
-    # 'token_unpooled' (it has a class row too).
-    has_class_token = model_config.get('classifier') in (
-        'token', 'token_unpooled')
-    try:
-      posemb = interpolate_posembed(posemb, _shape(target)[1],
-                                    has_class_token, grid_shape=grid_shape)
-    except ValueError as e:
-      raise CheckpointError(
-          f'{name}: cannot resize the position embedding from '
-          f'{posemb.shape} to {_shape(target)}: {e}.') from None
-    restored['Transformer']['posembed_input']['pos_embedding'] = posemb
+  fit_posemb(restored, init_params, has_class_token=models.has_class_token(
+      model_config), grid_shape=grid_shape, source=name)
   # Lenient on extra keys (dropped, logged), as the original; strict on
   # missing keys and shapes, which the original let fail later in apply.
   return inspect_params(params=restored, expected=init_params,

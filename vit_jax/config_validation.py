@@ -24,24 +24,9 @@ class ConfigError(errors.UserError):
   """A config value is invalid; the message says what to change."""
 
 
-def patch_stride(model_config) -> Tuple[int, int]:
-  """Input pixels per token along (height, width).
-
-  For hybrids the ResNet root downsamples 4x, each further stage 2x, then
-  the patch embedding applies its own stride on the feature map.
-  """
-  ph, pw = tuple(model_config.patches.size)
-  resnet = model_config.get('resnet')
-  if resnet is None:
-    return ph, pw
-  factor = 4 * 2**max(len(tuple(resnet.num_layers)) - 1, 0)
-  return ph * factor, pw * factor
-
-
 def token_grid(config) -> Tuple[int, int]:
   """(gh, gw) patch grid of the model at `config.pp.crop`."""
-  sh, sw = patch_stride(config.model)
-  return config.pp.crop // sh, config.pp.crop // sw
+  return models.token_grid(config.model, config.pp.crop)
 
 
 def model_name(config) -> str:
@@ -120,7 +105,7 @@ def _check_batches(config, data_axis: int) -> None:
 
 
 def _check_model(config) -> None:
-  sh, sw = patch_stride(config.model)
+  sh, sw = models.patch_stride(config.model)
   crop = config.pp.crop
   _check(crop % sh == 0 and crop % sw == 0,
          f'--config.pp.crop={crop} is not divisible by the patch stride '

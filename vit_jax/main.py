@@ -140,6 +140,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # On the logger, not a handler: absl's handler is not always the one used.
   logging.get_absl_logger().addFilter(_QuietLibraries())
+  # JAX's INFO lines about backends it could not start (e.g. 'tpu' where
+  # libtpu is installed but there is no TPU) are noise for this command.
+  python_logging.getLogger('jax._src.xla_bridge').setLevel(
+      python_logging.WARNING)
   config, workdir = flags.FLAGS.config, _WORKDIR.value
   from vit_jax import host  # pylint: disable=g-import-not-at-top
   if _CPU_TUNING.value:  # Before JAX starts: see host.py.

@@ -26,6 +26,8 @@ Initializer = Callable[..., Array]
 
 # Attention implementations selectable with `attention_impl`.
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
+# Classifiers whose model prepends a class token (see models.has_class_token).
+CLASS_TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
 
 
 class IdentityLayer(nn.Module):
@@ -326,7 +328,7 @@ class VisionTransformer(nn.Module):
     if self.transformer is not None:
       n, h, w, c = x.shape
       x = jnp.reshape(x, (n, h * w, c))
-      if self.classifier in ('token', 'token_unpooled'):
+      if self.classifier in CLASS_TOKEN_CLASSIFIERS:
         cls = self.param('cls', nn.initializers.zeros, (1, 1, c),
                          self.param_dtype)
         x = jnp.concatenate(

@@ -178,14 +178,6 @@ def eval_step(params: Any, batch: Batch, *,
   return correct.sum(), batch['mask'].sum()
 
 
-def abstract_params(model: nn.Module, crop: int) -> Any:
-  """Parameter shapes without allocating anything."""
-  x = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-  )['params']
-
-
 def init_params(model: nn.Module, config, shardings: Any) -> Any:
   """Fresh parameters, created directly with their shardings."""
   crop = config.pp.crop
@@ -218,7 +210,7 @@ def create_train_state(config, model: nn.Module,
 
   Returns the state and its shardings (a TrainState of NamedShardings).
   """
-  abstract = abstract_params(model, config.pp.crop)
+  abstract = models.abstract_params(model, config.pp.crop)
   param_shardings = partitioning.tree_shardings(abstract, mesh,
                                                 fsdp=config.fsdp)
   params = init_params(model, config, param_shardings)
@@ -434,9 +426,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     return RunResult(state.params, accuracy, int(state.step), written)
   config_file = _record_config(workdir, config, resuming=bool(start))
   written['config'] = config_file
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-  writer.write_hparams(_hparams(config))
+  writer = _metric_writer(workdir, config)
   written['TensorBoard events'] = workdir
   try:
     state, accuracy = _train_loop(config, state, train_fn, eval_fn, train_ds,
@@ -475,7 +465,7 @@ def _record_config(workdir: str, config, *, resuming: bool) -> str:
 
 def _abstract_state(config, model, tx, mesh) -> Tuple[TrainState, Any]:
   """Shapes and shardings of the state, for restoring without initialising."""
-  abstract = abstract_params(model, config.pp.crop)
+  abstract = models.abstract_params(model, config.pp.crop)
   opt = jax.eval_shape(tx.init, abstract)
   shardings = TrainState(
       step=partitioning.replicated(mesh),
@@ -540,6 +530,17 @@ def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
       manager.save(step, args=ocp.args.StandardSave(state))
   _check_finite(pending, config.nonfinite_loss)
   return state, accuracy
+
+
+def _metric_writer(workdir: str, config) -> metric_writers.MetricWriter:
+  """Scalars to the console and (process 0) TensorBoard; the config goes to
+  TensorBoard's hparams only (main.py logs it readably)."""
+  if jax.process_index() > 0:
+    return metric_writers.LoggingWriter()
+  summary = metric_writers.SummaryWriter(workdir)
+  summary.write_hparams(_hparams(config))
+  return metric_writers.MultiWriter(
+      [metric_writers.LoggingWriter(), summary])
 
 
 def _hparams(config) -> Dict[str, Any]:

@@ -5,16 +5,20 @@ steps, SGD momentum 0.9 with a bfloat16 accumulator, base_lr 0.03, cosine
 decay after 500 warmup steps, gradient clipping at 1.0, crop 384).
 """
 
-from typing import Any, Dict, Iterable, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import ml_collections
 
 
-def _preset(total_steps: int, train: str, test: str, crop: int):
-  return ml_collections.ConfigDict({
+def _preset(total_steps: int, train: str, test: str, crop: int,
+            warmup_steps: Optional[int] = None):
+  preset = ml_collections.ConfigDict({
       'total_steps': total_steps,
       'pp': ml_collections.ConfigDict(
           {'train': train, 'test': test, 'crop': crop})})
+  if warmup_steps is not None:  # Short runs: the default 500 is too long.
+    preset.warmup_steps = warmup_steps
+  return preset
 
 
 # Published presets, in the original's layout: total_steps and pp splits.
@@ -22,13 +26,14 @@ DATASET_PRESETS = {
     'cifar10': _preset(10_000, 'train[:98%]', 'test', 384),
     'cifar100': _preset(10_000, 'train[:98%]', 'test', 384),
     'imagenet2012': _preset(20_000, 'train[:99%]', 'validation', 384),
-    'oxford_iiit_pet': _preset(500, 'train', 'test', 384),
-    'oxford_flowers102': _preset(500, 'train', 'test', 384),
+    # 500 steps with 100 warmup steps, as the original's AugReg config.
+    'oxford_iiit_pet': _preset(500, 'train', 'test', 384, 100),
+    'oxford_flowers102': _preset(500, 'train', 'test', 384, 100),
     # Offline: sklearn's handwritten digits written out as an image folder.
-    'digits': _preset(600, 'train', 'test', 32),
+    'digits': _preset(600, 'train', 'test', 32, 100),
 }
 # An image folder (train/ and test/ sub-folders) that is not a preset.
-FOLDER_PRESET = _preset(500, 'train', 'test', 384)
+FOLDER_PRESET = _preset(500, 'train', 'test', 384, 100)
 
 
 def get_config():
@@ -125,6 +130,8 @@ def with_dataset(config: ml_collections.ConfigDict,
   preset = DATASET_PRESETS.get(dataset, FOLDER_PRESET)
   config.dataset = dataset
   config.total_steps = preset.total_steps
+  if 'warmup_steps' in preset:
+    config.warmup_steps = preset.warmup_steps
   config.pp.update(preset.pp)
   return config
 
