@@ -70,12 +70,13 @@ def create_optimizer(
   lr_fn = utils.create_learning_rate_schedule(
       total_steps=config.total_steps, base=config.base_lr,
       decay_type=config.decay_type, warmup_steps=config.warmup_steps)
-  schedule = lambda count: lr_fn(count + 1)  # optax counts from 0.
+  # As in the original, optax calls lr_fn(count) with count = updates
+  # applied so far (0 at the first update, whose lr is 0 under warmup).
   dtype = jnp.dtype(config.optim_dtype)
   if config.optimizer == 'adam':
-    opt = optax.adam(schedule, mu_dtype=dtype)
+    opt = optax.adam(lr_fn, mu_dtype=dtype)
   else:
-    opt = optax.sgd(schedule, momentum=config.momentum,
+    opt = optax.sgd(lr_fn, momentum=config.momentum,
                     accumulator_dtype=dtype)
   if config.grad_norm_clip:
     return optax.chain(optax.clip_by_global_norm(config.grad_norm_clip),
@@ -156,8 +157,20 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                          params=keep(params, state.params),
                          opt_state=keep(opt_state, state.opt_state))
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite,
-             'learning_rate': lr_fn(state.step + 1)}
+             'learning_rate': lr_fn(schedule_count(state))}
   return new_state, metrics
+
+
+def schedule_count(state: TrainState) -> jax.Array:
+  """The count optax passes to the lr schedule at the next update.
+
+  It equals `state.step` unless updates were skipped (a skipped update
+  leaves the optimizer state, and so its count, untouched).
+  """
+  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  found = [x.count for x in jax.tree.leaves(state.opt_state, is_leaf=is_count)
+           if is_count(x)]
+  return found[0] if found else state.step
 
 
 def eval_step(params: Any, batch: Batch, *,
