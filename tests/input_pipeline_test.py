@@ -449,9 +449,11 @@ class TfdsTest(absltest.TestCase):
     data_dir = _tempdir(self)
     config = _config('cifar10')
     config.tfds_data_dir = data_dir
-    with mock.patch.object(
-        tfds.core.DatasetBuilder, 'download_and_prepare',
-        side_effect=ConnectionError('no network')):
+    # A network that answers the probe but fails the download; the probe
+    # itself is mocked too, so nothing is looked up or connected.
+    with mock.patch.object(ip, '_network_available', return_value=True), \
+        mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
+                          side_effect=ConnectionError('no network')):
       with self.assertRaises(ip.DatasetError) as cm:
         ip.get_dataset_info(config)
     message = str(cm.exception)
