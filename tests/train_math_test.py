@@ -238,9 +238,14 @@ class OptimizerTest(absltest.TestCase):
         train.train_step, model=model, tx=tx, lr_fn=lr_fn,
         rng=jax.random.PRNGKey(0), accum_steps=1))
     state, m1 = step(state, batch)
+    before = jax.device_get(state)
     state, m2 = step(state, bad)  # Skipped: optimizer count stays at 1.
-    state, m3 = step(state, batch)
     self.assertFalse(bool(m2['finite']))
+    self.assertEqual(int(state.step), 2)
+    for got, want in zip(jax.tree.leaves((state.params, state.opt_state)),
+                         jax.tree.leaves((before.params, before.opt_state))):
+      np.testing.assert_array_equal(got, want)
+    state, m3 = step(state, batch)
     self.assertEqual(int(state.step), 3)
     lrs = [float(m['learning_rate']) for m in (m1, m2, m3)]
     np.testing.assert_allclose(lrs, [0.0, 0.05, 0.05], atol=1e-9)
