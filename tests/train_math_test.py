@@ -58,13 +58,21 @@ def golden_batch():
           'label': jnp.asarray(np.arange(8) % 10)}
 
 
-def run_updates(model, params, tx, lr_fn, batch, steps, accum_steps=2):
-  """`steps` train_step calls on the same batch: (params, losses, lrs)."""
+@functools.lru_cache(maxsize=None)
+def golden_step(optim_dtype):
+  """(tx, jitted train step) of the recipe; shared so it compiles once."""
+  tx, lr_fn = train.create_optimizer(golden_optim_config(optim_dtype))
+  step = jax.jit(functools.partial(
+      train.train_step, model=golden_model(), tx=tx, lr_fn=lr_fn,
+      rng=jax.random.PRNGKey(0), accum_steps=2))
+  return tx, step
+
+
+def run_updates(params, optim_dtype, batch, steps):
+  """`steps` recipe updates on the same batch: (params, losses, lrs)."""
+  tx, step = golden_step(optim_dtype)
   state = train.TrainState(step=jnp.int32(0), params=params,
                            opt_state=tx.init(params))
-  step = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, lr_fn=lr_fn,
-      rng=jax.random.PRNGKey(0), accum_steps=accum_steps))
   losses, lrs = [], []
   for _ in range(steps):
     state, metrics = step(state, batch)
@@ -100,9 +108,8 @@ class OriginalTrajectoryTest(parameterized.TestCase):
 
   @parameterized.parameters('float32', 'bfloat16')
   def test_three_updates(self, optim_dtype):
-    tx, lr_fn = train.create_optimizer(golden_optim_config(optim_dtype))
-    params, losses, lrs = run_updates(
-        self.model, self.params0, tx, lr_fn, golden_batch(), 3)
+    params, losses, lrs = run_updates(self.params0, optim_dtype,
+                                      golden_batch(), 3)
     # The lr applied by updates 1..3 (optax count 0, 1, 2): 0.1 * c / 2.
     np.testing.assert_allclose(lrs, [0.0, 0.05, 0.1], atol=1e-9)
     np.testing.assert_allclose(losses, self.data[f'losses_{optim_dtype}'],
@@ -226,17 +233,12 @@ class OptimizerTest(absltest.TestCase):
     np.testing.assert_allclose(updates['a'], [-0.03, 0.0], rtol=1e-6)
 
   def test_logged_lr_follows_the_optimizer_after_a_skip(self):
-    model = golden_model()
-    data = np.load(GOLDEN)
-    params = _golden_tree(data, 'params0')
-    tx, lr_fn = train.create_optimizer(golden_optim_config('float32'))
+    params = _golden_tree(np.load(GOLDEN), 'params0')
+    tx, step = golden_step('float32')
     batch = golden_batch()
     bad = dict(batch, image=batch['image'].at[0].set(jnp.nan))
     state = train.TrainState(step=jnp.int32(0), params=params,
                              opt_state=tx.init(params))
-    step = jax.jit(functools.partial(
-        train.train_step, model=model, tx=tx, lr_fn=lr_fn,
-        rng=jax.random.PRNGKey(0), accum_steps=1))
     state, m1 = step(state, batch)
     before = jax.device_get(state)
     state, m2 = step(state, bad)  # Skipped: optimizer count stays at 1.
