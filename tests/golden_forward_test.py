@@ -7,8 +7,8 @@ head, ViT with a GAP head and a representation layer, ViT with a token head
 and a representation layer, a hybrid (ResNet root + ViT) and an MLP-Mixer.
 The parameters are redrawn by the script's seeded `make_params` (checked
 against a stored checksum). The scales make the residual stream small, so
-the numbers move if GELU's approximation, a LayerNorm epsilon, the weight
-standardisation or the class-token position changes.
+the numbers move if GELU's approximation, a LayerNorm or GroupNorm epsilon,
+the weight standardisation or the class-token position changes.
 """
 
 import importlib.util
@@ -26,9 +26,10 @@ TESTDATA = os.path.join(os.path.dirname(__file__), 'testdata')
 
 # float32 vs float64 rounding: logits are O(1) (max |logit| 1.8 to 4.4) and
 # the measured max |f32 - f64| over the five models is 8.7e-7. 5e-6 leaves a
-# ~6x margin; the smallest deliberate change measured in the reference is
-# exact-erf GELU (1.7e-4 to 4.5e-4, >30x ATOL); LayerNorm eps 1e-5 moves
-# logits by >0.25.
+# ~6x margin. Deliberate changes measured in the reference: exact-erf GELU
+# moves logits by 1.7e-4 to 4.5e-4 (>30x ATOL), the weight-standardisation
+# epsilon 1e-5 -> 1e-6 by 1.7e-3, GroupNorm epsilon 1e-6 -> 1e-5 by 0.1,
+# LayerNorm epsilon 1e-6 -> 1e-5 by >0.25.
 ATOL = 5e-6
 
 
@@ -84,7 +85,7 @@ class GoldenForwardTest(parameterized.TestCase):
                                rtol=1e-12)
     return images, params
 
-  @parameterized.parameters(*GOLDEN.MODELS)
+  @parameterized.named_parameters((n, n) for n in GOLDEN.MODELS)
   def test_logits_match_float64(self, name):
     images, params = self._inputs(name)
     model = flax_model(name)
