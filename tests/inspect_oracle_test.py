@@ -72,8 +72,7 @@ class CaptureOrderTest(absltest.TestCase):
 class InspectJsonTest(absltest.TestCase):
 
   def test_summary_values(self):
-    root = tempfile.mkdtemp()
-    self.addCleanup(lambda: __import__('shutil').rmtree(root))
+    root = self.enterContext(tempfile.TemporaryDirectory())
     images, params = GOLDEN.make_inputs(NAME)
     f = GOLDEN.MODELS[NAME]['fields']
     # Images stored at the model's resolution, so loading is exact.
