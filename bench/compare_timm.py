@@ -3,7 +3,7 @@ r"""Side-by-side throughput: vit_jax's benchmark vs PyTorch timm.
 
   python bench/compare_timm.py --rounds=3 [--targets=B16-train,Ti16-infer]
 
-For each target, runs `python -m vit_jax.benchmark` (in /root/venv) and
+For each target, runs `python -m vit_jax.benchmark` (this Python) and
 /work/shared/bench/timm_reference.py (in its own venv) in alternation, each
 in a fresh process (TF and torch never share one), `--rounds` times, then
 prints a markdown table of the medians and their ratio. Every raw JSON
@@ -83,14 +83,24 @@ def main():
   p.add_argument('--targets', default=','.join(TARGETS))
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--steps', type=int, default=5)
-  p.add_argument('--python', default='/root/venv/bin/python')
-  p.add_argument('--timm_python', default='/root/timm-ref/bin/python')
+  p.add_argument('--python', default=sys.executable,
+                 help='The Python that has vit_jax installed.')
+  p.add_argument('--timm_python',
+                 default=os.path.expanduser('~/.venvs/timm-ref/bin/python'),
+                 help='A Python with torch and timm (see timm_script).')
   p.add_argument('--timm_script',
                  default='/work/shared/bench/timm_reference.py')
   p.add_argument('--out', default=os.path.join(HERE, 'results.jsonl'))
   p.add_argument('extra', nargs='*',
                  help='Extra flags for vit_jax.benchmark (after --).')
   args = p.parse_args()
+  for path, what in ((args.timm_python, '--timm_python'),
+                     (args.timm_script, '--timm_script')):
+    if not os.path.exists(path):
+      sys.exit(f'{what}={path} does not exist. The timm side needs its own '
+               'venv with torch and timm (never a project dependency), set '
+               'up as the docstring of shared/bench/timm_reference.py says; '
+               f'pass its paths with {what}.')
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
                           capture_output=True, text=True,
                           check=False).stdout.strip()
