@@ -213,7 +213,26 @@ class DownloadTest(absltest.TestCase):
       self.assertEqual(checkpoint_download.main(['inspect', path]), 0)
     self.assertRegex(out.getvalue(), r'cls +\(1, 1, 10\)')
     n = sum(np.load(path)[k].size for k in np.load(path).files)
-    self.assertIn(f'26 arrays, {n:,} parameters', out.getvalue())
+    listing, changes = out.getvalue().split(f'26 arrays, {n:,} parameters')
+    # The file's own (pre-Linen) names, then the renames of loading.
+    self.assertIn('encoderblock_0/MlpBlock_3/Dense_0/kernel', listing)
+    self.assertNotIn('MlpBlock_0', listing)
+    self.assertIn('MlpBlock_3 -> MlpBlock_0  (4 keys)', changes)
+    self.assertIn('LayerNorm_2 -> LayerNorm_1  (2 keys)', changes)
+
+  def test_inspect_workdir(self):
+    workdir = os.path.join(self.dir, 'work')
+    os.makedirs(workdir)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+      self.assertEqual(checkpoint_download.main(['inspect', workdir]), 1)
+    self.assertIn('is a directory without model.npz', err.getvalue())
+    with open(os.path.join(workdir, 'model.npz'), 'wb') as f:
+      f.write(self.data)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      self.assertEqual(checkpoint_download.main(['inspect', workdir]), 0)
+    self.assertIn(f'{workdir}/model.npz: keys as stored', out.getvalue())
 
 
 class ResolveTest(absltest.TestCase):

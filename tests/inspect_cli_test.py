@@ -167,7 +167,7 @@ class CliTest(absltest.TestCase):
     bad = os.path.join(folder, 'broken.png')
     with open(bad, 'wb') as f:
       f.write(b'not a png')
-    self.assert_fails_cleanly('cannot decode image .*broken.png',
+    self.assert_fails_cleanly('Cannot decode image .*broken.png',
                               checkpoint=self.npz, model='testing',
                               images=f'{self.images},{folder}',
                               resolution=32)

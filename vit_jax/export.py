@@ -126,13 +126,13 @@ def read_metadata(path: str) -> Dict[str, Any]:
 def load_exported(path: str, **model_kwargs) -> Tuple[Any, Any, Dict]:
   """(model, params, metadata) from a workdir or an exported model.npz."""
   meta = read_metadata(path)
-  params = checkpoint.load(_npz_path(path))
+  params = checkpoint.load(npz_path(path))
   model = models.build_model(meta['model'], num_classes=meta['num_classes'],
                              **model_kwargs)
   return model, params, meta
 
 
-def _npz_path(path: str) -> str:
+def npz_path(path: str) -> str:
   """The model.npz of a workdir, or of its model.json; else `path`."""
   if os.path.isdir(path):
     return os.path.join(path, MODEL_NPZ)
@@ -240,7 +240,7 @@ def load_model(checkpoint_path: str, model_name: Optional[str] = None,
           f'--model={model_name} disagrees with {path}, whose model.json '
           f'says {meta["model_name"]}; drop --model.')
     model_name, config = meta['model_name'], meta['model']
-    npz = _npz_path(path)
+    npz = npz_path(path)
     resolution = resolution or meta.get('resolution')
   else:
     if not model_name:
