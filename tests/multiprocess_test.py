@@ -15,6 +15,7 @@ import tempfile
 
 from absl.testing import absltest
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import resume_test
@@ -42,6 +43,7 @@ def train_losses(workdir: str) -> list[float]:
   return [losses[s] for s in sorted(losses)]
 
 
+@pytest.mark.slow
 class MultiProcessTest(absltest.TestCase):
 
   @classmethod

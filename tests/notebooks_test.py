@@ -13,6 +13,7 @@ import tempfile
 from absl.testing import absltest
 import nbclient
 import nbformat
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, 'notebooks')
@@ -60,6 +61,7 @@ class NotebooksTest(absltest.TestCase):
     client.execute(env=self.env)
     return nb
 
+  @pytest.mark.slow
   def test_vit_jax_notebook(self):
     text = _text_outputs(self.execute('vit_jax.ipynb'))
     self.assertIn('Checkpoint source: generated', text)
@@ -68,6 +70,7 @@ class NotebooksTest(absltest.TestCase):
     self.assertIn('model.json', text)
     self.assertIn("Reloaded ViT-digits: 10 classes ['0', '1',", text)
 
+  @pytest.mark.slow
   def test_inspect_notebook(self):
     nb = self.execute('inspect.ipynb')
     text = _text_outputs(nb)

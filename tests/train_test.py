@@ -8,6 +8,7 @@ from absl.testing import absltest
 import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
+import pytest
 
 from vit_jax import checkpoint
 from vit_jax import config_validation
@@ -71,6 +72,7 @@ class TrainTest(absltest.TestCase):
   def workdir(self):
     return self.create_tempdir().full_path
 
+  @pytest.mark.slow
   def test_end_to_end_artifacts(self):
     workdir = self.workdir()
     result = train.train_and_evaluate(tiny_config(self.data), workdir)
@@ -88,6 +90,7 @@ class TrainTest(absltest.TestCase):
     # Fine-tuning moved the zero-initialised head.
     self.assertGreater(np.abs(params['head']['kernel']).max(), 0)
 
+  @pytest.mark.slow
   def test_resume_is_exact(self):
     """Stopped after the step-4 checkpoint and restarted == uninterrupted."""
     config = tiny_config(self.data, total_steps=8, checkpoint_every=4)
@@ -130,6 +133,7 @@ class TrainTest(absltest.TestCase):
 
     return mock.patch.object(input_pipeline, 'get_datasets', fake)
 
+  @pytest.mark.slow
   def test_nan_loss_stops_with_step_and_keeps_checkpoint(self):
     workdir = self.workdir()
     with self._nan_at_step(5):
@@ -138,6 +142,7 @@ class TrainTest(absltest.TestCase):
     self.assertEqual(train.latest_checkpoint_step(workdir), 4)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'model.npz')))
 
+  @pytest.mark.slow
   def test_nan_loss_skip_policy_continues(self):
     workdir = self.workdir()
     with self._nan_at_step(3):
