@@ -13,6 +13,7 @@ absence of a traceback.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 from PIL import Image
+import pytest
 
 from tests import resume_test
 from tests import train_test
@@ -312,6 +314,7 @@ class ConvertedImagesTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.addClassCleanup(shutil.rmtree, tmp)
     cls.root = train_test.write_image_folder(
         os.path.join(tmp, 'data'), train_per_class=2, test_per_class=1)
     for split in ('train', 'test'):
@@ -350,6 +353,7 @@ class ConvertedImagesTest(parameterized.TestCase):
         np.abs(decoded.astype(int) - expected).max(), tolerance)
 
 
+@pytest.mark.slow  # Five main.py processes: ~25 s on 2 idle cores.
 class CommandLineTest(absltest.TestCase):
   """main.py: exit code 1, the message on stderr, no traceback.
 
@@ -360,6 +364,7 @@ class CommandLineTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.addClassCleanup(shutil.rmtree, tmp)
     data = train_test.write_image_folder(os.path.join(tmp, 'data'),
                                          train_per_class=2, test_per_class=1)
     npz = npz_truncated(tmp)

@@ -10,6 +10,7 @@ import http.server
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,18 @@ class DownloadTest(absltest.TestCase):
                                           progress=False)
     self.assertEqual(path, self.dest)
     self.assert_installed()
+
+  def test_reachable(self):
+    self.assertTrue(checkpoint_download.reachable(self.base_url))
+    port = self.server.server_address[1]
+    with mock.patch.dict(os.environ, {
+        checkpoint_download.BASE_URL_ENV: f'http://127.0.0.1:{port}'}):
+      self.assertTrue(checkpoint_download.reachable())
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))  # Bound, not listening: refused.
+    self.addCleanup(closed.close)
+    self.assertFalse(checkpoint_download.reachable(
+        f'http://127.0.0.1:{closed.getsockname()[1]}', timeout=1))
 
   def test_load_over_http(self):
     params = checkpoint.load(f'{self.base_url}/{BUCKET_PATH}')

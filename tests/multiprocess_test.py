@@ -10,6 +10,7 @@ parameters must match the single process within float32 tolerance.
 
 import glob
 import os
+import shutil
 import socket
 import tempfile
 
@@ -50,6 +51,7 @@ class MultiProcessTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.addClassCleanup(shutil.rmtree, tmp)
     data = train_test.write_image_folder(os.path.join(tmp, 'data'))
     config = resume_test.write_config(
         os.path.join(tmp, 'config.py'), data, total_steps=STEPS,

@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from vit_jax import images
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
+from vit_jax.configs import quickstart
 
 # Unit norm scales and a random head: predictions depend on the image.
 random_params = functools.partial(test_util.random_params, scale=0.5,
@@ -62,6 +64,7 @@ class PredictTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, cls.root)
     cls.model = models.build_model(TINY_VIT, num_classes=len(CLASS_NAMES))
     cls.params = random_params(cls.model, 32)
     cls.workdir = export_workdir(os.path.join(cls.root, 'work'), cls.params)
@@ -192,6 +195,17 @@ class PredictTest(absltest.TestCase):
                      ['cat', 'dog'])
     with self.assertRaisesRegex(predict.PredictError, '2 names'):
       predict.get_class_names(3, labels)
+
+  def test_export_untrained_reads_like_a_workdir(self):
+    config = quickstart.get_config()
+    info = input_pipeline.DatasetInfo(3, ['a', 'b', 'c'], 30, 6)
+    workdir = os.path.join(self.root, 'untrained')
+    export.export_untrained(workdir, config=config, info=info)
+    loaded = predict.load_model(workdir)
+    self.assertEqual(loaded.model_name, config.model_name)
+    self.assertEqual(loaded.resolution, config.pp.crop)
+    self.assertEqual(loaded.class_names, ['a', 'b', 'c'])
+    self.assertEqual(loaded.params['head']['kernel'].shape[-1], 3)
 
   def test_bad_images(self):
     with self.assertRaisesRegex(images.ImageError, 'does not exist'):

@@ -24,6 +24,7 @@ import dataclasses
 import http.client
 import os
 import re
+import socket
 import sys
 from typing import List, Optional
 import urllib.error
@@ -155,6 +156,24 @@ def how_to_get(path: str, model_name: Optional[str] = None) -> str:
   return (f'Download it with `python -m vit_jax.checkpoint download {stem}'
           f'{flags}`{renamed} or from {source.url(DEFAULT_BASE_URL)} (see '
           'checkpoints/README.md).')
+
+
+def reachable(base_url: Optional[str] = None, *,
+              timeout: float = 3.0) -> bool:
+  """True if the checkpoint host accepts a connection within `timeout` s.
+
+  A quick online check before `download` (e.g. in the notebooks); the host
+  is the one `download` would use (`base_url`, $VIT_JAX_CHECKPOINT_BASE_URL
+  or storage.googleapis.com).
+  """
+  base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+  parts = urllib.parse.urlsplit(base)
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  try:
+    socket.create_connection((parts.hostname, port), timeout=timeout).close()
+  except OSError:
+    return False
+  return True
 
 
 def _total_from_content_range(value: Optional[str]) -> Optional[int]:

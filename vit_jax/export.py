@@ -83,6 +83,28 @@ def export_model(workdir: str, *, params: Any, config, info) -> str:
   return path
 
 
+def export_untrained(workdir: str, *, config, info, seed: int = 0) -> str:
+  """Exports a freshly initialised model of `config` like a finished run.
+
+  The offline stand-in for a trained model (the notebooks use it when there
+  is neither a workdir nor the network): `predict`, `inspect` and
+  fine-tuning read the result as they read a training workdir.
+
+  Args:
+    workdir: where model.npz and model.json are written.
+    config: a training config (its model, model_name, pp.crop, dataset).
+    info: the dataset's `input_pipeline.DatasetInfo` (classes and names).
+    seed: initialisation seed.
+
+  Returns:
+    The path of model.npz.
+  """
+  model = models.build_model(config.model, num_classes=info.num_classes)
+  x = jnp.zeros((1, config.pp.crop, config.pp.crop, 3), jnp.float32)
+  params = model.init(jax.random.PRNGKey(seed), x, train=False)['params']
+  return export_model(workdir, params=params, config=config, info=info)
+
+
 def _to_config(d: Dict[str, Any]) -> ml_collections.ConfigDict:
   """JSON lists back to tuples (patch sizes, ResNet stages)."""
   fix = lambda v: tuple(v) if isinstance(v, list) else v  # pylint: disable=g-long-lambda

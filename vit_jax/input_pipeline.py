@@ -17,7 +17,10 @@ global batch, whatever P is (it reads, but does not decode, the others').
 
 Preprocessing is the original's: train = Inception crop, resize to crop x
 crop, random flip; eval = resize to crop x crop; both map [0, 255] to
-[-1, 1] with `normalize`.
+[-1, 1] with `normalize`. Decoding, the eval resize and `normalize` live in
+images.py (shared with predict, inspect and the notebooks); image folders
+accept its formats (JPEG, PNG, GIF, BMP, WebP, TIFF), log how many images
+each split and class has, and skip other files with a warning.
 """
 
 import concurrent.futures

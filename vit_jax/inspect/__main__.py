@@ -13,7 +13,6 @@ from absl import flags
 
 from vit_jax import utils
 from vit_jax.inspect import cli
-from vit_jax.inspect import report
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'Registered model name, e.g. ViT-B_16; optional when '
