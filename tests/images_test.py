@@ -61,6 +61,18 @@ class ImagesTest(parameterized.TestCase):
         lambda p: images.decode_image(tf.io.read_file(p)))
     np.testing.assert_array_equal(next(iter(ds)).numpy(), eager)
 
+  def test_16_bit_tiff_decodes_like_16_bit_png(self):
+    grey = np.random.RandomState(0).randint(0, 65536, (6, 7)).astype(
+        np.uint16)
+    decoded = []
+    for fmt, name in (('TIFF', 'deep.tif'), ('PNG', 'deep.png')):
+      path = os.path.join(self.dir, name)
+      Image.fromarray(grey).save(path, fmt)  # Mode I;16.
+      with open(path, 'rb') as f:
+        decoded.append(images.decode_image(f.read()).numpy())
+    np.testing.assert_array_equal(decoded[0], decoded[1])  # PIL vs TF.
+    np.testing.assert_array_equal(decoded[0][..., 1], grey >> 8)
+
   def test_load_image_is_the_eval_pipeline(self):
     """A TIFF and a PNG through load_image and through get_datasets' test
     split give the same float32 pixels (decode, bilinear resize, [-1, 1])."""

@@ -80,6 +80,10 @@ def _pil_rgb(data) -> np.ndarray:
   if isinstance(data, np.ndarray):  # 0-d object array (eager mode).
     data = data.item()  # Not np.asarray: 'S' arrays drop trailing NULs.
   with Image.open(io.BytesIO(data)) as image:
+    if image.mode.startswith('I;16'):  # 16-bit grey (scans, microscopy).
+      # The top 8 bits, as tf.io.decode_image does for 16-bit PNGs.
+      grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+      return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(image.convert('RGB'), np.uint8)
 
 
