@@ -233,6 +233,22 @@ class DownloadTest(absltest.TestCase):
     self.assertIn('MlpBlock_3 -> MlpBlock_0  (4 keys)', changes)
     self.assertIn('LayerNorm_2 -> LayerNorm_1  (2 keys)', changes)
 
+  def test_load_changes_prefix_and_groupnorm(self):
+    stored = {
+        'opt/target/gn_root/scale': np.ones((1, 1, 1, 4), np.float32),
+        'opt/target/Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias':
+            np.ones(3, np.float32),
+        'step': np.zeros((), np.float32),  # Outside the prefix: dropped.
+    }
+    loaded = traverse_util.flatten_dict(
+        checkpoint.from_stored(stored, source='x.npz'), sep='/')
+    self.assertEqual(checkpoint_download.load_changes(stored, loaded), [
+        'checkpoint.load (so predict, inspect and fine-tuning) changes:',
+        '  MlpBlock_3 -> MlpBlock_0  (1 key)',
+        '  drops the prefix opt/target/  (2 keys)',
+        '  shape (1, 1, 1, 4) -> (4,)  (1 key, GroupNorm)',
+        '  ignores 1 key outside that prefix'])
+
   def test_inspect_workdir(self):
     workdir = os.path.join(self.dir, 'work')
     os.makedirs(workdir)

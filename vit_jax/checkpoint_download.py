@@ -353,6 +353,10 @@ def inspect_file(path: str) -> None:
   print('\n'.join(load_changes(stored, loaded)))
 
 
+def _keys(n: int) -> str:
+  return f'{n} key' if n == 1 else f'{n} keys'
+
+
 def load_changes(stored, loaded) -> List[str]:
   """Lines saying how `checkpoint.load` renames and reshapes `stored`.
 
@@ -379,12 +383,12 @@ def load_changes(stored, loaded) -> List[str]:
   lines = ['checkpoint.load (so predict, inspect and fine-tuning) changes:']
   for (old, new), n in sorted(renames.items()):
     change = f'drops the prefix {old}' if not new else f'{old} -> {new}'
-    lines.append(f'  {change}  ({n} keys)')
+    lines.append(f'  {change}  ({_keys(n)})')
   for (old, new), n in sorted(reshapes.items()):
-    lines.append(f'  shape {old} -> {new}  ({n} keys, GroupNorm)')
+    lines.append(f'  shape {old} -> {new}  ({_keys(n)}, GroupNorm)')
   if len(names) < len(stored):
-    lines.append(f'  ignores {len(stored) - len(names)} keys outside that '
-                 'prefix')
+    lines.append(f'  ignores {_keys(len(stored) - len(names))} outside '
+                 'that prefix')
   return lines
 
 
