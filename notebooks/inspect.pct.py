@@ -19,9 +19,10 @@
 # The four analyses of the paper's section 4.5 (`vit_jax.inspect`) on a
 # checkpoint, with the paper's reading of each figure. The checkpoint, first
 # found wins:
-# 1. a training workdir, such as the quickstart's
+# 1. `CHECKPOINT`: a training workdir, such as the quickstart's
 #    (`python main.py --config=vit_jax/configs/quickstart.py
-#    --workdir=/tmp/quickstart`), analysed on test digits;
+#    --workdir=/tmp/quickstart`), or an official `.npz` of `MODEL_NAME`,
+#    analysed on test digits (or on `IMAGES`);
 # 2. when the network is reachable (Colab): the official ViT-B/16
 #    (ImageNet-21k + ImageNet-1k, 384 px), downloaded with
 #    `vit_jax.checkpoint_download`, analysed on a few photos;
@@ -55,6 +56,7 @@ if importlib.util.find_spec('vit_jax') is None:
 # Parameters. VIT_JAX_NOTEBOOK_SMALL=1: the tiny offline run of the tests.
 SMALL = os.environ.get('VIT_JAX_NOTEBOOK_SMALL', '0') == '1'
 USE_NETWORK = not SMALL and os.environ.get('VIT_JAX_OFFLINE', '0') != '1'
+# A training workdir, or an official .npz of model MODEL_NAME.
 CHECKPOINT = os.environ.get('VIT_JAX_QUICKSTART_WORKDIR', '/tmp/quickstart')
 MODEL_NAME = 'ViT-B_16'  # Downloaded when online and CHECKPOINT is missing.
 DATASET = 'imagenet21k+imagenet2012'  # Its ImageNet-1k head, 384 px.
@@ -105,8 +107,9 @@ def download_photos(folder, count):
 
 
 image_spec = IMAGES or os.path.join(digits.ensure_digits(), 'test')
-if os.path.exists(CHECKPOINT):
-  source, model_name = 'workdir', None
+if os.path.exists(CHECKPOINT):  # A workdir knows its model; a file not.
+  source = 'local'
+  model_name = None if os.path.isdir(CHECKPOINT) else MODEL_NAME
 elif USE_NETWORK and checkpoint_download.reachable():
   source, model_name = 'official', MODEL_NAME
   CHECKPOINT = checkpoint_download.download(
