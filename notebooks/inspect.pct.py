@@ -90,7 +90,7 @@ from vit_jax.inspect import plots
 def generate_small_model(workdir):
   """An untrained quickstart-sized ViT, exported as a training run would."""
   config = quickstart.get_config()
-  info = input_pipeline.get_dataset_info(config)  # Writes digits if needed.
+  info = input_pipeline.dataset_info(config)  # Writes digits if needed.
   export.export_untrained(workdir, config=config, info=info)
   return workdir
 

@@ -24,7 +24,7 @@
 #    model. The cell prints which one it used.
 # 2. **Predict** the top-5 classes of an image, with class names.
 # 3. **Fine-tune** that checkpoint for a few steps on the offline digits
-#    dataset with `train.train_and_evaluate`, and evaluate it.
+#    dataset with `train.run`, and evaluate it.
 # 4. **Export** to the official `.npz` layout and reload it.
 #
 # Images go through the project's one image loader (`vit_jax.images`): the
@@ -102,7 +102,7 @@ from vit_jax.configs import quickstart
 def generate_small_model(workdir):
   """An untrained quickstart-sized ViT, exported as a training run would."""
   config = quickstart.get_config()
-  info = input_pipeline.get_dataset_info(config)  # Writes digits if needed.
+  info = input_pipeline.dataset_info(config)  # Writes digits if needed.
   export.export_untrained(workdir, config=config, info=info)
   return workdir
 
@@ -177,7 +177,6 @@ if source == 'official':
 else:  # The quickstart's own optimizer (Adam) and learning rate.
   config.model = export.read_metadata(checkpoint_path)['model']
   config.pretrained_path = os.path.join(checkpoint_path, export.MODEL_NPZ)
-config.model_name = loaded.model_name
 config.total_steps = FINETUNE_STEPS
 config.warmup_steps = min(config.warmup_steps, FINETUNE_STEPS // 2)
 config.batch = FINETUNE_BATCH
@@ -185,9 +184,8 @@ config.eval_every = config.checkpoint_every = FINETUNE_STEPS
 config.progress_every = max(1, FINETUNE_STEPS // 4)
 finetune_dir = os.path.join(WORK_DIR, 'finetune')
 shutil.rmtree(finetune_dir, ignore_errors=True)  # A fresh run, not a resume.
-metrics = train.train_and_evaluate(config, finetune_dir)
-print(f'Test accuracy after {metrics["step"]} steps: '
-      f'{metrics["accuracy"]:.1%}')
+result = train.run(config, finetune_dir)
+print(f'Test accuracy after {result.step} steps: {result.accuracy:.1%}')
 
 # %% [markdown]
 # ## 4. Export and reload

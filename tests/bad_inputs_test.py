@@ -30,6 +30,7 @@ from tests import train_test
 from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import input_pipeline
+from vit_jax import models
 from vit_jax import train
 
 CheckpointError = checkpoint.CheckpointError
@@ -41,8 +42,8 @@ def tiny_params(hidden: int = 16):
   """Random float32 parameters of train_test.tiny_config's model."""
   config = train_test.tiny_config('unused')
   config.model.hidden_size = hidden
-  abstract = train.abstract_params(train.create_model(config, 2),
-                                   config.pp.crop)
+  abstract = models.abstract_params(train.create_model(config, 2),
+                                    config.pp.crop)
   rng = np.random.RandomState(0)
   return jax.tree.map(
       lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), abstract)
@@ -240,8 +241,10 @@ _CONFIG_CASES = (
      "trainer='tpu'"),
     ('cfg_unknown_optimizer', dict(optimizer='lamb'), ConfigError,
      "optimizer='lamb'"),
-    ('cfg_warmup_too_long', dict(warmup_steps=6), ConfigError,
-     'warmup_steps=6 must be smaller'),
+    ('cfg_negative_warmup', dict(warmup_steps=-1), ConfigError,
+     'warmup_steps=-1 must be >= 0'),
+    ('cfg_two_model_names', dict(model_name='ViT-L_16'), ConfigError,
+     r"model_name='ViT-L_16' disagrees with config.model \('testing'\)"),
     ('cfg_missing_dataset_folder', dict(dataset='/nonexistent/folder'),
      DatasetError, 'does not exist'),
 )
@@ -324,11 +327,11 @@ class ConvertedImagesTest(parameterized.TestCase):
     config = train_test.tiny_config(cls.root, total_steps=3,
                                     warmup_steps=1, eval_every=3)
     cls.workdir = os.path.join(tmp, 'workdir')
-    cls.result = train.train_and_evaluate(config, cls.workdir)
-    cls.info = input_pipeline.get_dataset_info(config)
+    cls.result = train.run(config, cls.workdir)
+    cls.info = input_pipeline.dataset_info(config)
 
   def test_run_finished(self):
-    self.assertEqual(self.result['step'], 3)
+    self.assertEqual(self.result.step, 3)
     params = checkpoint.load(os.path.join(self.workdir, 'model.npz'))
     self.assertTrue(all(np.isfinite(x).all()
                         for x in jax.tree.leaves(params)))
@@ -413,7 +416,8 @@ class CommandLineTest(absltest.TestCase):
     self.assert_clean_failure('bad_npz', r'ERROR: .*truncated or corrupt')
     workdir = os.path.join(self.tmp, 'w_npz')
     if os.path.exists(workdir):  # The compilation cache may live there.
-      self.assertNotIn('checkpoints', os.listdir(workdir))
+      self.assertFalse([d for d in os.listdir(workdir)
+                        if d.startswith('checkpoint_')])
       self.assertNotIn('model.npz', os.listdir(workdir))
 
   def test_nan_loss(self):

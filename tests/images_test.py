@@ -84,8 +84,8 @@ class ImagesTest(parameterized.TestCase):
     config = common.with_dataset(common.get_config(), root)
     config.batch = config.batch_eval = 2
     config.pp.crop = CROP
-    _, test, _ = input_pipeline.get_datasets(config, process_index=0,
-                                             process_count=1)
+    _, test = input_pipeline.get_datasets(config, process_index=0,
+                                         process_count=1)
     batch = next(iter(test.as_numpy_iterator()))
     loaded = images.load_images(files, CROP)
     self.assertEqual(loaded.shape, (2, CROP, CROP, 3))

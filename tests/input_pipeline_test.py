@@ -192,9 +192,9 @@ class DigitsTest(absltest.TestCase):
     env = {'VIT_JAX_DATA_DIR': self.parent}  # Reuses the written folder.
     with mock.patch.dict(os.environ, env):
       config = _config('digits', batch=8, batch_eval=100)
-      info = ip.get_dataset_info(config)
+      info = ip.dataset_info(config)
       self.assertEqual(info.class_names, [str(i) for i in range(10)])
-      train, test, _ = ip.get_datasets(config, process_count=1,
+      train, test = ip.get_datasets(config, process_count=1,
                                        process_index=0)
       batch = _batches(train, 1)[0]
       self.assertEqual(batch['image'].shape, (8, CROP, CROP, 3))
@@ -229,13 +229,13 @@ class FolderPipelineTest(absltest.TestCase):
 
   def test_info_counts_images_only(self):
     with self.assertLogs('absl', 'WARNING') as logs:
-      info = ip.get_dataset_info(self.config())
+      info = ip.dataset_info(self.config())
     self.assertIn('Skipping 1 non-image file(s)', logs.output[0])
     self.assertIn('notes.txt', logs.output[0])
     self.assertEqual(info, ip.DatasetInfo(2, ['cat', 'dog'], 11, 5))
 
   def test_shapes_dtypes_range(self):
-    train, test, _ = self.datasets(self.config())
+    train, test = self.datasets(self.config())
     for batch in _batches(train, 4):
       self.assertEqual(batch['image'].shape, (4, CROP, CROP, 3))
       self.assertEqual(batch['image'].dtype, np.float32)
@@ -248,7 +248,7 @@ class FolderPipelineTest(absltest.TestCase):
       self.assertEqual(batch['image'].shape, (4, CROP, CROP, 3))
 
   def test_eval_values_match_direct_resize(self):
-    _, test, _ = self.datasets(self.config())
+    _, test = self.datasets(self.config())
     got = _batches(test)
     self.assertLen(got, 2)  # 5 examples padded to 8.
     got = _concat(*got)
@@ -377,7 +377,7 @@ class BadFolderTest(absltest.TestCase):
       if check_images:
         ip.get_datasets(config, process_index=0, process_count=1)
       else:
-        ip.get_dataset_info(config)
+        ip.dataset_info(config)
     for fragment in fragments:
       self.assertIn(fragment, str(cm.exception))
 
@@ -410,7 +410,7 @@ class BadFolderTest(absltest.TestCase):
     with open(f'{root}/test/a/garbage.JPEG', 'wb') as f:
       f.write(b'definitely not a jpeg')
     Image.fromarray(_rgb(rng, 4, 4)).save(f'{root}/train/a/ppm.png', 'PPM')
-    self.assertEqual(ip.get_dataset_info(_config(root)).num_train_examples, 3)
+    self.assertEqual(ip.dataset_info(_config(root)).num_train_examples, 3)
     self.assert_error(root, '3 corrupt or unsupported', 'truncated.jpg',
                       f'{root}/test/a/garbage.JPEG', 'PPM data',
                       check_images=True)
@@ -424,12 +424,12 @@ class TfdsTest(absltest.TestCase):
   def test_mock_cifar10_resume_and_processes(self):
     with tfds.testing.mock_data(num_examples=10):
       config = _config('cifar10')
-      info = ip.get_dataset_info(config)
+      info = ip.dataset_info(config)
       self.assertEqual(info.num_classes, 10)
       self.assertLen(info.class_names, 10)
       self.assertEqual((info.num_train_examples, info.num_test_examples),
                        (10, 10))
-      train, test, _ = ip.get_datasets(config, process_index=0,
+      train, test = ip.get_datasets(config, process_index=0,
                                        process_count=1)
       reference = _batches(train, 6)
       self.assertEqual(reference[0]['image'].shape, (4, CROP, CROP, 3))
@@ -453,7 +453,7 @@ class TfdsTest(absltest.TestCase):
         tfds.core.DatasetBuilder, 'download_and_prepare',
         side_effect=ConnectionError('no network')):
       with self.assertRaises(ip.DatasetError) as cm:
-        ip.get_dataset_info(config)
+        ip.dataset_info(config)
     message = str(cm.exception)
     for fragment in ("'cifar10' is not prepared", data_dir, 'no network',
                      'tfds build cifar10 --data_dir=DIR',
@@ -463,17 +463,17 @@ class TfdsTest(absltest.TestCase):
   def test_no_network_fails_without_trying_to_download(self):
     config = _config('cifar10')
     config.tfds_data_dir = _tempdir(self)
-    with mock.patch.object(ip, '_network_available', return_value=False), \
+    with mock.patch.object(ip.utils, 'network_available', return_value=False), \
         mock.patch.object(tfds.core.DatasetBuilder,
                           'download_and_prepare') as download:
       with self.assertRaisesRegex(ip.DatasetError, 'no network: could not '
                                   'reach storage.googleapis.com'):
-        ip.get_dataset_info(config)
+        ip.dataset_info(config)
     download.assert_not_called()
 
   def test_unknown_name_suggests(self):
     with self.assertRaises(ip.DatasetError) as cm:
-      ip.get_dataset_info(_config('cifar11'))
+      ip.dataset_info(_config('cifar11'))
     self.assertIn("Unknown dataset 'cifar11'", str(cm.exception))
     self.assertIn('Did you mean: cifar10', str(cm.exception))
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests import test_util
 from vit_jax import checkpoint
+from vit_jax import config_validation
 from vit_jax import export
 from vit_jax import images
 from vit_jax import input_pipeline
@@ -202,7 +203,8 @@ class PredictTest(absltest.TestCase):
     workdir = os.path.join(self.root, 'untrained')
     export.export_untrained(workdir, config=config, info=info)
     loaded = predict.load_model(workdir)
-    self.assertEqual(loaded.model_name, config.model_name)
+    self.assertEqual(loaded.model_name,
+                     config_validation.model_name(config))
     self.assertEqual(loaded.resolution, config.pp.crop)
     self.assertEqual(loaded.class_names, ['a', 'b', 'c'])
     self.assertEqual(loaded.params['head']['kernel'].shape[-1], 3)

@@ -87,19 +87,22 @@ def read(path: str) -> str:
     return f.read()
 
 
+PREFIX = 'checkpoint_'  # {workdir}/checkpoint_{step}, as the original.
+
+
 def complete_steps(workdir: str) -> list[int]:
   """Steps of the finalized checkpoint directories."""
-  folder = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(folder):
+  if not os.path.isdir(workdir):
     return []
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+  return sorted(int(n[len(PREFIX):]) for n in os.listdir(workdir)
+                if n.startswith(PREFIX) and n[len(PREFIX):].isdigit())
 
 
 def partial_checkpoints(workdir: str) -> list[str]:
-  folder = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(folder):
+  if not os.path.isdir(workdir):
     return []
-  return sorted(n for n in os.listdir(folder) if TMP_MARK in n)
+  return sorted(n for n in os.listdir(workdir)
+                if n.startswith(PREFIX) and TMP_MARK in n)
 
 
 def kill_when(proc, condition, log_path: str) -> None:
@@ -155,7 +158,8 @@ class ResumeTest(absltest.TestCase):
     """Kills as soon as orbax starts a checkpoint newer than the existing."""
     before = max(complete_steps(workdir))
     newer_tmp = lambda: any(  # pylint: disable=g-long-lambda
-        int(n.split('.')[0]) > before for n in partial_checkpoints(workdir))
+        int(n[len(PREFIX):].split('.')[0]) > before
+        for n in partial_checkpoints(workdir))
     proc = self.start(workdir, f'run{run}.log')
     kill_when(proc, newer_tmp, os.path.join(self.tmp, f'run{run}.log'))
     latest = max(complete_steps(workdir))
@@ -163,8 +167,8 @@ class ResumeTest(absltest.TestCase):
       # The write finished between the poll and the kill: leave a partial
       # checkpoint as a crash would (metadata, no data) so the restart
       # still faces one.
-      tmp = os.path.join(workdir, 'checkpoints', f'{latest + 1}{TMP_MARK}')
-      shutil.copytree(os.path.join(workdir, 'checkpoints', str(latest)), tmp)
+      tmp = os.path.join(workdir, f'{PREFIX}{latest + 1}{TMP_MARK}')
+      shutil.copytree(os.path.join(workdir, f'{PREFIX}{latest}'), tmp)
       shutil.rmtree(os.path.join(tmp, 'default'))
     self.assertNotEmpty(partial_checkpoints(workdir))
     return latest

@@ -30,7 +30,6 @@ def config(data, model, fsdp):
   c.model.transformer.mlp_dim = 32
   c.model.transformer.num_layers = 2
   c.model.transformer.dropout_rate = 0.1
-  c.model_name = 'testing'
   c.pretrained_dir = ''
   c.pp.crop = 32
   c.batch, c.accum_steps, c.total_steps, c.warmup_steps = 16, 2, 10, 2

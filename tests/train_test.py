@@ -42,7 +42,6 @@ def tiny_config(dataset, **overrides):
   config.model.transformer.num_heads = 2
   config.model.transformer.mlp_dim = 16
   config.model.transformer.num_layers = 2
-  config.model_name = 'testing'
   config.pretrained_dir = ''
   config.pp.crop = 16
   config.batch = 4
@@ -75,11 +74,12 @@ class TrainTest(absltest.TestCase):
   @pytest.mark.slow
   def test_end_to_end_artifacts(self):
     workdir = self.workdir()
-    result = train.train_and_evaluate(tiny_config(self.data), workdir)
-    self.assertEqual(result['step'], 6)
-    self.assertBetween(result['accuracy'], 0.0, 1.0)
-    self.assertEqual(sorted(os.listdir(os.path.join(workdir, 'checkpoints'))),
-                     ['2', '4', '6'])
+    result = train.run(tiny_config(self.data), workdir)
+    self.assertEqual(result.step, 6)
+    self.assertBetween(result.accuracy, 0.0, 1.0)
+    self.assertEqual(sorted(d for d in os.listdir(workdir)
+                            if d.startswith('checkpoint_')),
+                     ['checkpoint_2', 'checkpoint_4', 'checkpoint_6'])
     self.assertTrue(any(f.startswith('events.out.tfevents')
                         for f in os.listdir(workdir)))
     meta = json.load(open(os.path.join(workdir, 'model.json')))
@@ -122,14 +122,16 @@ class TrainTest(absltest.TestCase):
     real = input_pipeline.get_datasets
 
     def fake(config, **kw):
-      train_ds, test_ds, info = real(config, **kw)
+      datasets = real(config, **kw)
+      (train_ds, test_ds), info = datasets, datasets.info
       first = kw.get('start_step', 0) + 1
 
       def poison(i, batch):
         bad = tf_where(i + first == step, batch['image'])
         return dict(batch, image=bad)
 
-      return train_ds.enumerate().map(poison), test_ds, info
+      return input_pipeline.Datasets(train_ds.enumerate().map(poison),
+                                     test_ds, info)
 
     return mock.patch.object(input_pipeline, 'get_datasets', fake)
 
@@ -146,9 +148,9 @@ class TrainTest(absltest.TestCase):
   def test_nan_loss_skip_policy_continues(self):
     workdir = self.workdir()
     with self._nan_at_step(3):
-      result = train.train_and_evaluate(
+      result = train.run(
           tiny_config(self.data, nonfinite_loss='skip'), workdir)
-    self.assertEqual(result['step'], 6)
+    self.assertEqual(result.step, 6)
     params = checkpoint.load(os.path.join(workdir, 'model.npz'))
     self.assertTrue(all(np.isfinite(v).all() for v in _leaves(params)))
 

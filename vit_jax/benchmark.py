@@ -19,13 +19,14 @@ global-norm clipping at 1.0, no pretrained weights, 10 classes; the momentum
 is float32 unless --optim_dtype says otherwise. Infer mode times the jitted
 eval step (forward pass, argmax, count).
 
-Run as a command, it first re-runs itself with huge pages for malloc's
-large blocks (vit_jax/host.py; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
-turns that off for A/B runs; the JSON has `glibc_tunables` and
-`page_faults_per_step`), and it exempts the objects of its imports from
-Python's garbage collector before compiling (host.py; `gc_frozen_objects`
-in the JSON). The XLA CPU flags of `host_setup` are applied here,
-in the entry point, before JAX creates its backend. A persistent
+Run as a command, it applies the CPU tuning that `main.py --cpu_tuning`
+opts into (the benchmark is the speed tool, so it is on by default;
+`--no_cpu_tuning` measures the plain defaults, and the JSON's `cpu_tuning`
+says which): it re-runs itself with huge pages for malloc's large blocks
+(vit_jax/host.py; the JSON has `glibc_tunables` and
+`page_faults_per_step`), exempts the objects of its imports from Python's
+garbage collector before compiling (`gc_frozen_objects`) and sets the XLA
+CPU flags of `host_setup` before JAX creates its backend. A persistent
 compilation cache (default ~/.cache/vit_jax/jax, '' disables) makes a second
 process skip compilation; the JSON says whether the first step hit it.
 """
@@ -39,9 +40,12 @@ import statistics
 import time
 from typing import Any, Dict, Optional, Sequence
 
+NO_CPU_TUNING = '--no_cpu_tuning'
 if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  import sys  # pylint: disable=g-import-not-at-top
   from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.rerun_with_huge_pages()
+  if NO_CPU_TUNING not in sys.argv:
+    host.rerun_with_huge_pages()
 
 import jax
 import jax.numpy as jnp
@@ -68,11 +72,7 @@ def host_setup(*, xla_flags: Sequence[str] = (),
   Flags already present in $XLA_FLAGS win over `xla_flags`.
   """
   utils.set_xla_flags(xla_flags)
-  if cache_dir:
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.expanduser(cache_dir))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  utils.enable_compilation_cache(cache_dir, min_compile_time_secs=0)
 
 
 def _listen_to_cache() -> None:
@@ -216,7 +216,7 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
       mfu_vs_matmul_peak=flops / med / peak if peak else 0.0,
       steps=steps, dtype=config.dtype, optim_dtype=config.optim_dtype,
       attention_impl=config.attention_impl, remat=config.remat,
-      losses=losses, devices=jax.device_count(),
+      losses=losses, devices=jax.device_count(), step_times_s=times,
       xla_flags=os.environ.get('XLA_FLAGS', ''),
       glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
       gc_frozen_objects=gc.get_freeze_count())
@@ -246,6 +246,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="XLA flags (default: DEFAULT_XLA_FLAGS; '' for none).")
   p.add_argument('--no_peak', action='store_true',
                  help='Skip the matmul peak measurement.')
+  p.add_argument(NO_CPU_TUNING, action='store_true',
+                 help='No huge pages, XLA:CPU flags or GC freeze: the '
+                 'defaults of main.py.')
   return p.parse_args(argv)
 
 
@@ -253,6 +256,8 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   flags = (DEFAULT_XLA_FLAGS if args.xla_flags is None
            else args.xla_flags.split())
+  if args.no_cpu_tuning:
+    flags = ()
   host_setup(xla_flags=flags, cache_dir=args.cache_dir)
   config = benchmark_config(
       model=args.model, res=args.res, batch=args.batch,
@@ -261,9 +266,11 @@ def main(argv=None) -> None:
   record = run(config, mode=args.mode, steps=args.steps, warmup=args.warmup,
                num_classes=args.num_classes,
                peak_flops=0.0 if args.no_peak else None)
+  record['cpu_tuning'] = not args.no_cpu_tuning
   print(json.dumps(record))
 
 
 if __name__ == '__main__':
-  host.freeze_imported_objects()  # Imports done: see host.py.
+  if NO_CPU_TUNING not in sys.argv:
+    host.freeze_imported_objects()  # Imports done: see host.py.
   main()

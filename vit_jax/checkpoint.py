@@ -45,10 +45,14 @@ import jax
 import numpy as np
 import scipy.ndimage
 
+from vit_jax import checkpoint_names
+from vit_jax import errors
+from vit_jax import models
+
 Params = Dict[str, Any]  # Nested dict of arrays.
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint file is missing, unreadable or does not fit the model."""
 
 
@@ -134,9 +138,7 @@ def _is_groupnorm_leaf(key: str) -> bool:
 
 
 def _how_to_get(path: str, model_name: Optional[str] = None) -> str:
-  # Imported here: checkpoint_download imports this module.
-  from vit_jax import checkpoint_download  # pylint: disable=g-import-not-at-top
-  return checkpoint_download.how_to_get(path, model_name=model_name)
+  return checkpoint_names.how_to_get(path, model_name=model_name)
 
 
 def check_exists(path, *, model_name: Optional[str] = None) -> None:
@@ -150,13 +152,37 @@ def check_exists(path, *, model_name: Optional[str] = None) -> None:
   if path.startswith(('http://', 'https://')):
     return
   if path.startswith('gs://'):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    exists = tf.io.gfile.exists(path)  # TF is imported only for gs:// paths.
+    exists = _gcs_exists(path, model_name)
   else:
     exists = os.path.isfile(path)
   if not exists:
     raise CheckpointError(f'Checkpoint file {path} does not exist. '
                           f'{_how_to_get(path, model_name)}')
+
+
+_GCS_HOST = 'storage.googleapis.com'
+
+
+def _gcs_exists(path: str, model_name: Optional[str]) -> bool:
+  """tf.io.gfile.exists for gs://, failing fast and readably when offline.
+
+  (Offline, TensorFlow's GCS client retries for ~30 s and then raises an
+  error whose text is a libcurl message.)
+  """
+  from vit_jax import utils  # pylint: disable=g-import-not-at-top
+  if not utils.network_available(_GCS_HOST):
+    raise CheckpointError(
+        f'Cannot read {path}: no network (could not reach {_GCS_HOST}). '
+        'Download the file where there is network and point '
+        f'--config.pretrained_dir at its folder. '
+        f'{_how_to_get(path, model_name)}')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    return tf.io.gfile.exists(path)
+  except tf.errors.OpError as e:
+    raise CheckpointError(
+        f'Cannot read {path}: {e.message.splitlines()[0]}. '
+        f'{_how_to_get(path, model_name)}') from None
 
 
 @contextlib.contextmanager
@@ -420,6 +446,34 @@ def _get(tree, path):
   return tree
 
 
+def fit_posemb(params: Params, expected, *, has_class_token: bool,
+               grid_shape: Optional[Tuple[int, int]] = None,
+               source: str = 'The checkpoint') -> None:
+  """Resizes params' position embedding, in place, to expected's length.
+
+  Does nothing when either has none, the lengths agree, or the widths
+  differ (then `inspect_params` reports the mismatch). See
+  `interpolate_posembed` for `has_class_token` and `grid_shape`.
+
+  Raises:
+    CheckpointError: the embedding cannot be resized to that length.
+  """
+  posemb, target = _get(params, _POSEMB), _get(expected, _POSEMB)
+  if (posemb is None or target is None or _shape(posemb) == _shape(target)
+      or len(_shape(target)) != 3 or _shape(posemb)[-1] != _shape(target)[-1]):
+    return
+  logging.info('%s: resizing the position embedding %s to %s', source,
+               _shape(posemb), _shape(target))
+  try:
+    params['Transformer']['posembed_input']['pos_embedding'] = (
+        interpolate_posembed(posemb, _shape(target)[1], has_class_token,
+                             grid_shape=grid_shape))
+  except ValueError as e:
+    raise CheckpointError(
+        f'{source}: cannot resize the position embedding from '
+        f'{_shape(posemb)} to {_shape(target)}: {e}.') from None
+
+
 def load_pretrained(*, pretrained_path, init_params, model_config,
                     grid_shape: Optional[Tuple[int, int]] = None) -> Params:
   """Loads a checkpoint and adapts it to a fine-tuning model.
@@ -454,26 +508,45 @@ def load_pretrained(*, pretrained_path, init_params, model_config,
     restored['head'] = jax.device_get(dict(init_params['head']))
   elif restored.pop('head', None) is not None:
     logging.info('load_pretrained: model has no head; dropped the file\'s')
-  posemb, target = _get(restored, _POSEMB), _get(init_params, _POSEMB)
-  if (posemb is not None and target is not None and
-      posemb.shape != _shape(target) and len(_shape(target)) == 3 and
-      posemb.shape[-1] == _shape(target)[-1]):
-    logging.info('load_pretrained: resized variant: %s to %s', posemb.shape,
-                 _shape(target))
-    # The original tests classifier == 'token' only, which breaks on
-    # 'token_unpooled' (it has a class row too).
-    has_class_token = model_config.get('classifier') in (
-        'token', 'token_unpooled')
-    try:
-      posemb = interpolate_posembed(posemb, _shape(target)[1],
-                                    has_class_token, grid_shape=grid_shape)
-    except ValueError as e:
-      raise CheckpointError(
-          f'{name}: cannot resize the position embedding from '
-          f'{posemb.shape} to {_shape(target)}: {e}.') from None
-    restored['Transformer']['posembed_input']['pos_embedding'] = posemb
+  fit_posemb(restored, init_params, has_class_token=models.has_class_token(
+      model_config), grid_shape=grid_shape, source=name)
+  # Lenient on extra keys (dropped, logged), as the original; strict on
+  # missing keys and shapes, which the original let fail later in apply.
   return inspect_params(params=restored, expected=init_params,
-                        source=f'Checkpoint {name}')
+                        fail_if_extra=False, source=f'Checkpoint {name}')
+
+
+def recover_tree(keys, values) -> Params:
+  """Nested dict from '/'-separated `keys` and their `values` (the
+  original's helper, e.g. to read a checkpoint's sub-trees by hand)."""
+  return _unflatten(dict(zip(keys, values)))
+
+
+def copy(src: str, dst: str, progress: bool = True,
+         block_size: int = 1024 * 1024 * 10) -> None:
+  """Copies `src` to `dst` (both local or gs://) in blocks, with a progress
+  bar (the original's helper)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  blocks = math.ceil(tf.io.gfile.stat(src).length / block_size)
+  with tf.io.gfile.GFile(src, 'rb') as fin, tf.io.gfile.GFile(dst,
+                                                               'wb') as fout:
+    for _ in tqdm.trange(blocks, disable=not progress):
+      fout.write(fin.read(block_size))
+
+
+def get_augreg_df(directory: str = 'gs://vit_models/augreg'):
+  """The AugReg index (`{directory}/index.csv`) as a pandas DataFrame.
+
+  One row per (pre-training, fine-tuning) checkpoint pair; columns as in
+  the original's docstring (name, ds, lr, aug, wd, do, sd, best_val,
+  final_val, final_test, adapt_*, params, infer_samples_per_sec, filename,
+  adapt_filename). Needs pandas and, for gs://, network.
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(f'{directory}/index.csv') as f:
+    return pd.read_csv(f)
 
 
 def to_official_layout(params) -> Dict[str, np.ndarray]:

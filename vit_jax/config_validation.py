@@ -6,56 +6,79 @@ Every error says which field is wrong and what to set instead, so a bad
 
 from typing import Tuple
 
+from absl import logging
 import jax
 import ml_collections
 
+from vit_jax import errors
 from vit_jax import models
 from vit_jax import partitioning
+from vit_jax.configs import common
 from vit_jax.configs import models as model_configs
 
 TRAINERS = ('train', 'inference_time')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
   """A config value is invalid; the message says what to change."""
-
-
-def patch_stride(model_config) -> Tuple[int, int]:
-  """Input pixels per token along (height, width).
-
-  For hybrids the ResNet root downsamples 4x, each further stage 2x, then
-  the patch embedding applies its own stride on the feature map.
-  """
-  ph, pw = tuple(model_config.patches.size)
-  resnet = model_config.get('resnet')
-  if resnet is None:
-    return ph, pw
-  factor = 4 * 2**max(len(tuple(resnet.num_layers)) - 1, 0)
-  return ph * factor, pw * factor
 
 
 def token_grid(config) -> Tuple[int, int]:
   """(gh, gw) patch grid of the model at `config.pp.crop`."""
-  sh, sw = patch_stride(config.model)
-  return config.pp.crop // sh, config.pp.crop // sw
+  return models.token_grid(config.model, config.pp.crop)
+
+
+def model_name(config) -> str:
+  """The model's name: `config.model.model_name` (also the file stem)."""
+  return config.model.get('model_name') or 'custom'
+
+
+def _fill_defaults(config, defaults) -> None:
+  """Adds every field of `defaults` that `config` lacks, recursively.
+
+  Configs written for the original release (e.g. `config.pp =
+  ConfigDict({'crop': 224})`) lack this project's extra fields.
+  """
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif (isinstance(value, ml_collections.ConfigDict) and
+          isinstance(config[key], ml_collections.ConfigDict) and
+          key != 'model'):
+      _fill_defaults(config[key], value)
 
 
 def _resolve_model(config) -> None:
-  """Fills config.model from the registry when only model_name is set."""
-  if config.model_name and not config.model:
+  """Fills config.model from the registry when only a name is given.
+
+  A top-level `model_name` (the inference_time config's field) names a
+  registered model; it must agree with `config.model.model_name` if both
+  are set, so the model built and the file loaded cannot differ.
+  """
+  name = config.get('model_name')
+  if name and not config.model:
     try:
       config.model = models.get_model_config(
-          config.model_name).copy_and_resolve_references()
+          name).copy_and_resolve_references()
     except KeyError as e:
       raise ConfigError(
-          f'--config.model_name={config.model_name!r} is not a registered '
-          f'model. Known: {", ".join(sorted(model_configs.MODEL_CONFIGS))}.'
-      ) from e
+          f'--config.model_name={name!r} is not a registered model. Known: '
+          f'{", ".join(sorted(model_configs.MODEL_CONFIGS))}.') from e
   if not config.model:
-    raise ConfigError('No model: set --config.model_name (e.g. ViT-B_16).')
-  if not config.model_name:
-    config.model_name = config.model.get('model_name') or 'custom'
+    raise ConfigError('No model: use a config such as vit.py:b16,cifar10 '
+                      'or set --config.model_name (e.g. ViT-B_16).')
+  if name and name != config.model.get('model_name'):
+    raise ConfigError(
+        f'--config.model_name={name!r} disagrees with config.model '
+        f'({config.model.get("model_name")!r}). The model is chosen by the '
+        'config file: use e.g. --config=vit_jax/configs/vit.py:l16,cifar10 '
+        'rather than overriding model_name.')
+  model_type = config.get('model_type')
+  if model_type and (model_type == 'Mixer') != models.is_mixer(config.model):
+    raise ConfigError(
+        f'--config.model_type={model_type!r} does not match config.model '
+        f'({model_name(config)}).')
 
 
 def _check(condition: bool, message: str) -> None:
@@ -82,11 +105,11 @@ def _check_batches(config, data_axis: int) -> None:
 
 
 def _check_model(config) -> None:
-  sh, sw = patch_stride(config.model)
+  sh, sw = models.patch_stride(config.model)
   crop = config.pp.crop
   _check(crop % sh == 0 and crop % sw == 0,
          f'--config.pp.crop={crop} is not divisible by the patch stride '
-         f'{sh}x{sw} of {config.model_name}; use a multiple of {sh}, e.g. '
+         f'{sh}x{sw} of {model_name(config)}; use a multiple of {sh}, e.g. '
          f'{max(sh, crop // sh * sh)}.')
   _check(config.dtype in DTYPES,
          f'--config.dtype={config.dtype!r}; use one of {DTYPES}.')
@@ -103,6 +126,7 @@ def resolve_and_validate(
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
+    _fill_defaults(config, common.get_config())
     _resolve_model(config)
   _check(config.trainer in TRAINERS,
          f'--config.trainer={config.trainer!r}; use one of {TRAINERS}.')
@@ -111,10 +135,14 @@ def resolve_and_validate(
   _check_model(config)
   _check(config.total_steps is not None and config.total_steps > 0,
          '--config.total_steps must be a positive number of steps.')
-  _check(0 <= config.warmup_steps < config.total_steps or
-         config.total_steps == 0,
-         f'--config.warmup_steps={config.warmup_steps} must be smaller than '
-         f'total_steps={config.total_steps}.')
+  _check(config.warmup_steps >= 0,
+         f'--config.warmup_steps={config.warmup_steps} must be >= 0.')
+  if config.warmup_steps >= config.total_steps:
+    logging.warning(
+        'warmup_steps=%d >= total_steps=%d: the learning rate never reaches '
+        'base_lr=%g (the run goes ahead, as in the original). Lower '
+        '--config.warmup_steps if that is not intended.', config.warmup_steps,
+        config.total_steps, config.base_lr)
   _check(config.decay_type in ('cosine', 'linear'),
          f"--config.decay_type={config.decay_type!r}; use 'cosine' or "
          "'linear'.")

@@ -20,7 +20,6 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -48,7 +47,7 @@ class LoadedModel(NamedTuple):
   class_names: Optional[List[str]]  # model.json's; None for official files.
 
 
-def _write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
+def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
   try:
@@ -72,8 +71,8 @@ def export_model(workdir: str, *, params: Any, config, info) -> str:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     checkpoint.save(params, path)
-    _write_json_atomic(os.path.join(workdir, MODEL_JSON), {
-        'model_name': config.model_name,
+    write_json_atomic(os.path.join(workdir, MODEL_JSON), {
+        'model_name': config_validation.model_name(config),
         'model': config.model.to_dict(),
         'num_classes': info.num_classes,
         'class_names': list(info.class_names),
@@ -100,7 +99,7 @@ def export_untrained(workdir: str, *, config, info, seed: int = 0) -> str:
     The path of model.npz.
   """
   model = models.build_model(config.model, num_classes=info.num_classes)
-  x = jnp.zeros((1, config.pp.crop, config.pp.crop, 3), jnp.float32)
+  x = np.zeros((1, config.pp.crop, config.pp.crop, 3), np.float32)
   params = model.init(jax.random.PRNGKey(seed), x, train=False)['params']
   return export_model(workdir, params=params, config=config, info=info)
 
@@ -189,47 +188,31 @@ def _head_fields(params) -> Dict[str, Any]:
   return fields
 
 
-def has_class_token(model_config) -> bool:
-  """Whether the model prepends a class token (its posemb has one more row)."""
-  return model_config.get('classifier') in ('token', 'token_unpooled')
-
-
 def native_resolution(model_config, params) -> int:
   """The input side the file was trained at: posemb grid x patch stride."""
   posemb = _get(params, _POSEMB)
   if posemb is None:
     return DEFAULT_RESOLUTION
-  patches = np.shape(posemb)[1] - int(has_class_token(model_config))
+  patches = np.shape(posemb)[1] - int(models.has_class_token(model_config))
   side = int(np.sqrt(patches))
   if side * side != patches:
     return DEFAULT_RESOLUTION  # Not square: let the shape check explain.
-  return side * config_validation.patch_stride(model_config)[0]
+  return side * models.patch_stride(model_config)[0]
 
 
 def _fit_resolution(model, model_config, params, resolution: int,
                     source: str):
   """Params checked against the model at `resolution`, posemb resized."""
-  sh, sw = config_validation.patch_stride(model_config)
+  sh, sw = models.patch_stride(model_config)
   if resolution < 1 or resolution % sh or resolution % sw:
     raise LoadError(f'--resolution={resolution} must be a positive multiple '
                     f'of the patch stride {sh}x{sw} (input pixels per '
                     'token).')
-  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
-  expected = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-  )['params']
-  posemb, target = _get(params, _POSEMB), _get(expected, _POSEMB)
-  if (posemb is not None and target is not None
-      and np.shape(posemb) != target.shape):
-    try:
-      params['Transformer']['posembed_input']['pos_embedding'] = (
-          checkpoint.interpolate_posembed(
-              posemb, target.shape[1], has_class_token(model_config),
-              grid_shape=(resolution // sh, resolution // sw)))
-    except ValueError as e:
-      raise checkpoint.CheckpointError(
-          f'{source}: cannot resize its position embedding '
-          f'{np.shape(posemb)} to {target.shape}: {e}.') from None
+  expected = models.abstract_params(model, resolution)
+  checkpoint.fit_posemb(params, expected,
+                        has_class_token=models.has_class_token(model_config),
+                        grid_shape=(resolution // sh, resolution // sw),
+                        source=source)
   return checkpoint.inspect_params(params=params, expected=expected,
                                    source=source)
 

@@ -9,14 +9,14 @@ per Ti/16 step, 430k and ~1 s per B/16 step (bench/RESULTS.md). With glibc's
 `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages for
 such blocks (madvise), and the same step takes ~900 faults of 2 MiB.
 
-The tunable is read once, when the process starts, so the command lines
-re-run themselves with it (`rerun_with_huge_pages`) before JAX starts:
-`python -m vit_jax.benchmark`, predict and inspect first thing under
-`if __name__ == '__main__':`, main.py once it has read the config (unless
-`config.huge_pages` is False: the tiny quickstart model ran 5-8% slower
-with huge pages). Set `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to keep 4 KiB
-pages (a hugetlb value of your own is never overridden). Only the standard
-library here: importing this must stay instant.
+The tunable is read once, when the process starts, so a command line that
+opts in re-runs itself with it (`rerun_with_huge_pages`) before JAX starts:
+`python -m vit_jax.main --cpu_tuning` (off by default: the process, its
+config file and any `%run` in a notebook would run twice), and the speed
+benchmark, which says so in its JSON (`glibc_tunables`). Set
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to keep 4 KiB pages (a hugetlb
+value of your own is never overridden). Only the standard library here:
+importing this must stay instant; library code never calls it.
 
 `freeze_imported_objects` serves the first compile: see its docstring.
 """

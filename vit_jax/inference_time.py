@@ -1,15 +1,18 @@
-r"""`config.trainer = 'inference_time'`: the original's throughput benchmark.
+r"""`inference_time(config, workdir)`: the original's throughput benchmark.
 
-  python main.py --config=configs/vit.py:b16,cifar10 --workdir=/tmp/it \
-      --config.trainer=inference_time --config.batch=16 --config.pp.crop=224
+Two kinds of config work:
+- the original's configs/inference_time.py (`model_name`, `batch`,
+  `num_classes`, `image_size`, `steps`, `initial_steps`): times the
+  jitted forward pass, logs and writes imgs_sec_core_{min,max,mean,std}
+  (images per second per device) to TensorBoard in `workdir`;
+- a fine-tuning config with `config.trainer = 'inference_time'`: times that
+  config's model, batch, crop, precision and optimizer with
+  `benchmark.run` (mode 'infer' unless `config.inference_time_mode` is
+  'train' or 'both') and appends the JSON records to
+  {workdir}/inference_time.jsonl.
 
-Times the jitted step of `train.make_step_fns` on synthetic data with the
-config's model, batch, crop, precision and optimizer (see
-`vit_jax.benchmark`, which runs the same code from the command line). The
-mode is inference (the original measured that) unless the config has a
-field `inference_time_mode` ('train', 'infer' or 'both'). Each record is
-logged, printed as one JSON line and appended to
-{workdir}/inference_time.jsonl.
+Neither changes process settings: run `python -m vit_jax.benchmark` or
+`main --cpu_tuning` for the CPU-tuned numbers of bench/RESULTS.md.
 """
 
 import json
@@ -17,17 +20,49 @@ import os
 from typing import Any, Dict, List
 
 from absl import logging
+from clu import metric_writers
 import ml_collections
+import numpy as np
 
 from vit_jax import benchmark
 from vit_jax import config_validation
+from vit_jax.configs import common
+
+
+def _is_original_config(config) -> bool:
+  return 'image_size' in config
+
+
+def _train_config(config) -> ml_collections.ConfigDict:
+  """The original's benchmark fields as a (synthetic-data) train config."""
+  for field in ('batch', 'num_classes', 'image_size'):
+    if not config.get(field):
+      raise config_validation.ConfigError(
+          f'--config.{field}={config.get(field)} must be > 0 for the '
+          'inference-time benchmark.')
+  out = common.get_config()
+  out.trainer = 'inference_time'
+  out.dataset = 'synthetic'  # Batches are made by the benchmark.
+  out.model_name = config.model_name
+  out.pretrained_dir = ''
+  out.batch = out.batch_eval = config.batch
+  out.accum_steps = 1
+  out.pp.crop = config.image_size
+  out.total_steps, out.warmup_steps = 1, 0
+  out.compilation_cache = ''
+  return out
 
 
 def inference_time(config: ml_collections.ConfigDict,
                    workdir: str) -> List[Dict[str, Any]]:
   """Runs the benchmark for `config`; returns the JSON records."""
-  # The benchmark's XLA:CPU flags; no effect once JAX's backend exists.
-  benchmark.host_setup(xla_flags=benchmark.DEFAULT_XLA_FLAGS, cache_dir=None)
+  if _is_original_config(config):
+    record = benchmark.run(
+        config_validation.resolve_and_validate(_train_config(config)),
+        mode='infer', steps=config.steps, warmup=config.initial_steps,
+        num_classes=config.num_classes, peak_flops=0.0)
+    _write_original_scalars(record, workdir)
+    return [record]
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if not config.dataset:
@@ -50,3 +85,18 @@ def inference_time(config: ml_collections.ConfigDict,
       for record in records:
         f.write(json.dumps(record) + '\n')
   return records
+
+
+def _write_original_scalars(record: Dict[str, Any], workdir: str) -> None:
+  """The original's TensorBoard scalars and log lines for one record."""
+  per_device = np.asarray(record['step_times_s'])
+  imgs = record['batch'] / record['devices'] / per_device
+  stats = dict(imgs_sec_core_min=imgs.min(), imgs_sec_core_max=imgs.max(),
+               imgs_sec_core_mean=imgs.mean(), imgs_sec_core_std=imgs.std())
+  for key, value in stats.items():
+    logging.info('%s=%f', key, value)
+  writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+  writer.write_scalars(0, {k: float(v) for k, v in stats.items()})
+  writer.flush()
+  writer.close()
+

@@ -23,11 +23,12 @@ accept its formats (JPEG, PNG, GIF, BMP, WebP, TIFF), log how many images
 each split and class has, and skip other files with a warning.
 """
 
+import collections
 import concurrent.futures
 import dataclasses
 import difflib
 import os
-import socket
+from typing import Any, Dict, Iterator, Optional
 
 from absl import logging
 import jax
@@ -35,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vit_jax import errors
+from vit_jax import utils
 from vit_jax import digits as digits_lib
 from vit_jax import images
 from vit_jax.configs import common
@@ -50,7 +53,7 @@ _WHOLE_IMAGE = ((((0.0, 0.0, 1.0, 1.0),),))  # (1, 1, 4) ymin, xmin, ...
 _SHUFFLE_TAG, _AUGMENT_TAG = 1, 2
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.UserError):
   """A dataset or data config problem, with a message saying what to do."""
 
 
@@ -135,7 +138,7 @@ def validate_config(config, *, process_count: int | None = None) -> None:
     raise DatasetError('Invalid data config:\n  - ' + '\n  - '.join(problems))
 
 
-def get_dataset_info(config) -> DatasetInfo:
+def dataset_info(config) -> DatasetInfo:
   """Class names and example counts, without building a pipeline.
 
   Counts are exact: from tf.data cardinality when known, else by reading
@@ -147,8 +150,8 @@ def get_dataset_info(config) -> DatasetInfo:
 def get_datasets(
     config, *, start_step: int = 0, process_index: int | None = None,
     process_count: int | None = None,
-) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
-  """This process's train and test datasets.
+) -> 'Datasets':
+  """This process's train and test datasets: `ds_train, ds_test = ...`.
 
   Args:
     config: the training config (see configs/common.py).
@@ -159,12 +162,14 @@ def get_datasets(
       jax.process_count()).
 
   Returns:
+    A pair (train, test), as the original's, with `.info`:
     train: infinite; {'image': float32 (b, crop, crop, 3) in [-1, 1],
       'label': int32 (b,)} with b = config.batch // process_count.
     test: one pass; the same plus 'mask': float32 (b,), 0 for padding;
       b = config.batch_eval // process_count. Over all processes every
       test example appears exactly once with mask 1.
-    info: as get_dataset_info(config).
+    info: as dataset_info(config), also as the attribute `.info` of the
+      returned value.
 
   Raises:
     DatasetError: bad data config, unknown or unprepared dataset, unusable
@@ -182,7 +187,18 @@ def get_datasets(
   source = _get_source(config, check_images=True)
   train = _train_dataset(source, config, start_step, index, count)
   test = _test_dataset(source, config, index, count)
-  return train, test, source.info
+  return Datasets(train, test, source.info)
+
+
+class Datasets(tuple):
+  """(train, test) with the dataset's `info` attached."""
+
+  info: DatasetInfo
+
+  def __new__(cls, train, test, info: DatasetInfo):
+    pair = super().__new__(cls, (train, test))
+    pair.info = info
+    return pair
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -350,7 +366,7 @@ def _tfds_builder(config):
   if builder.is_prepared():
     return builder
   if (not config.tfds_manual_dir and not _download_is_mocked(builder)
-      and not _network_available()):
+      and not utils.network_available(_PROBE_HOST, timeout=_PROBE_TIMEOUT_S)):
     # tfds would retry unreachable hosts for minutes before giving up.
     raise _not_prepared(name, builder, 'no network: could not reach '
                         f'{_PROBE_HOST} within {_PROBE_TIMEOUT_S} s')
@@ -373,16 +389,6 @@ def _download_is_mocked(builder) -> bool:
   """True under tfds.testing.mock_data, whose download is a local no-op."""
   fn = getattr(type(builder).download_and_prepare, '__name__', '')
   return fn.startswith('mock_')
-
-
-def _network_available() -> bool:
-  """True if a TCP connection to the tfds host opens within a few seconds."""
-  try:
-    socket.create_connection((_PROBE_HOST, 443),
-                             timeout=_PROBE_TIMEOUT_S).close()
-    return True
-  except OSError:
-    return False
 
 
 def _not_prepared(name: str, builder, reason: str) -> DatasetError:
@@ -526,7 +532,7 @@ def _folder_source(root: str, config, check_images: bool) -> _Source:
   if skipped:  # Documented choice: other files are ignored, not fatal.
     logging.warning('Skipping %d non-image file(s) in %s, e.g. %s',
                     len(skipped), root, skipped[:3])
-  if check_images:  # Once per run (get_datasets), not for get_dataset_info.
+  if check_images:  # Once per run (get_datasets), not for dataset_info.
     _check_images(train.paths + test.paths)
     logging.info('%s', _folder_summary(root, config, train, test))
   # A fixed permutation plays the role of tfds's pre-shuffled records, so a
@@ -543,3 +549,178 @@ def _folder_source(root: str, config, check_images: bool) -> _Source:
       num_test_examples=len(test.paths))
   return _Source(info=info, train=train_records, test=test_records,
                  from_files=True)
+
+
+# The original release's input-pipeline functions. They build the original's
+# batches ('image' float32 in [-1, 1], one-hot 'label', drop_remainder) but
+# without its leading device axis: jit places global batches with a
+# sharding instead (see README, "Differences from the original release").
+# Training itself uses `get_datasets` (exact resume, whole-split eval).
+
+MAX_IN_MEMORY = 200_000  # The original's constant (unused there too).
+
+
+def get_tfds_info(dataset: str, split: str) -> Dict[str, Any]:
+  """Like `get_dataset_info`, for a tfds dataset (split sizes from tfds)."""
+  builder = tfds.builder(dataset)
+  try:
+    num_examples = builder.info.splits[split].num_examples
+  except KeyError:  # No split metadata (e.g. tfds.testing.mock_data): count.
+    num_examples = _count(builder.as_dataset(split=split))
+  return dict(num_examples=num_examples,
+              num_classes=builder.info.features['label'].num_classes,
+              int2str=builder.info.features['label'].int2str,
+              examples_glob=None)
+
+
+def get_directory_info(directory: str) -> Dict[str, Any]:
+  """Like `get_dataset_info`, for directory/<class>/<image> (one split)."""
+  listing = _list_split(*os.path.split(os.path.normpath(directory)))
+  return dict(num_examples=len(listing.paths),
+              num_classes=len(listing.classes),
+              int2str=lambda id_: listing.classes[id_],
+              examples_glob=os.path.join(directory, '*', '*'),
+              paths=listing.paths, labels=listing.labels)
+
+
+def get_dataset_info(dataset: str, split: str) -> Dict[str, Any]:
+  """The original's dataset description: a dict with num_examples,
+  num_classes, int2str and examples_glob (None for tfds). `dataset` is a
+  tfds name or a folder holding `split`/<class>/<image>."""
+  directory = os.path.join(dataset, split)
+  if os.path.isdir(directory):
+    return get_directory_info(directory)
+  return get_tfds_info(dataset, split)
+
+
+def get_data(*, data: tf.data.Dataset, mode: str, num_classes: int,
+             image_decoder, repeats: Optional[int], batch_size: int,
+             image_size: int, shuffle_buffer: int,
+             preprocess=None) -> tf.data.Dataset:
+  """Batches of the original's training/eval preprocessing of `data`.
+
+  `data` yields dicts with 'image' (what `image_decoder` decodes to uint8
+  (h, w, 3)) and 'label' (int); `preprocess`, if given, maps each element
+  first. Train: Inception crop, resize, flip (stateless ops with per-example
+  random seeds); test: resize. Both normalise to [-1, 1].
+  """
+
+  def pp(example):
+    image = image_decoder(example['image'])
+    if mode == 'train':
+      seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+      image = preprocess_for_train(image, image_size, seed)
+    else:
+      image = preprocess_for_eval(image, image_size)
+    return {'image': image,
+            'label': tf.one_hot(example['label'], num_classes)}
+
+  data = data.repeat(repeats)
+  if mode == 'train':
+    data = data.shuffle(shuffle_buffer)
+  if preprocess is not None:
+    data = data.map(preprocess, tf.data.AUTOTUNE)
+  data = data.map(pp, tf.data.AUTOTUNE)
+  return data.batch(batch_size, drop_remainder=True).prefetch(1)
+
+
+def get_data_from_directory(*, config, directory: str,
+                            mode: str) -> tf.data.Dataset:
+  """`get_data` over directory/<class>/<image>."""
+  info = get_directory_info(directory)
+  data = tf.data.Dataset.from_tensor_slices(
+      {'image': np.asarray(info['paths']),
+       'label': np.asarray(info['labels'], np.int64)})
+  return get_data(
+      data=data, mode=mode, num_classes=info['num_classes'],
+      image_decoder=lambda path: decode_image(tf.io.read_file(path)),
+      repeats=None if mode == 'train' else 1,
+      batch_size=config.batch_eval if mode == 'test' else config.batch,
+      image_size=config.pp['crop'],
+      shuffle_buffer=min(info['num_examples'], config.shuffle_buffer))
+
+
+def get_data_from_tfds(*, config, mode: str) -> tf.data.Dataset:
+  """`get_data` over split `config.pp[mode]` of tfds `config.dataset`."""
+  builder = _tfds_builder(config)
+  data = builder.as_dataset(split=config.pp[mode],
+                            decoders={'image': tfds.decode.SkipDecoding()},
+                            shuffle_files=mode == 'train')
+  return get_data(
+      data=data, mode=mode,
+      num_classes=builder.info.features['label'].num_classes,
+      image_decoder=builder.info.features['image'].decode_example,
+      repeats=None if mode == 'train' else 1,
+      batch_size=config.batch_eval if mode == 'test' else config.batch,
+      image_size=config.pp['crop'], shuffle_buffer=config.shuffle_buffer)
+
+
+def prefetch(dataset: tf.data.Dataset,
+             n_prefetch: int) -> Iterator[Dict[str, jax.Array]]:
+  """Batches of `dataset` as device arrays, `n_prefetch` transfers ahead."""
+  queue = collections.deque()
+  for batch in dataset.as_numpy_iterator():
+    queue.append(jax.device_put(batch))
+    if len(queue) > n_prefetch:
+      yield queue.popleft()
+  yield from queue
+
+
+# Evaluation-only access (few-shot): whole splits in their fixed order, with
+# the labels read first and any subset of records decoded on demand.
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledSplit:
+  """One split's records in their fixed order, for evaluation-only uses."""
+
+  labels: np.ndarray  # int64 (n,): label of every record, in record order.
+  records: tf.data.Dataset  # (data, label) records, as in `_Source`.
+  from_files: bool  # data is a file path (else encoded image bytes).
+
+
+def get_labeled_splits(
+    config) -> tuple[LabeledSplit, LabeledSplit, DatasetInfo]:
+  """(train, test, info) of config.dataset: splits config.pp.train/test.
+
+  Labels are read without decoding any image (a tfds split is still read
+  once from disk). Image folders are checked with PIL first, as in
+  `get_datasets`. Raises DatasetError for unusable datasets.
+  """
+  _hide_accelerators_from_tf()
+  source = _get_source(config, check_images=True)
+
+  def split(records):
+    labels = records.map(lambda data, label: label).as_numpy_iterator()
+    return LabeledSplit(np.fromiter(labels, np.int64), records,
+                        source.from_files)
+
+  return split(source.train), split(source.test), source.info
+
+
+def eval_examples(split: LabeledSplit, *, crop: int,
+                  indices: np.ndarray | None = None) -> tf.data.Dataset:
+  """One unbatched pass with eval preprocessing (`preprocess_for_eval`).
+
+  Args:
+    split: from `get_labeled_splits`.
+    crop: output side (pixels).
+    indices: only these record positions, in increasing order (the others
+      are skipped undecoded); None: every record.
+
+  Returns:
+    {'image': float32 (crop, crop, 3) in [-1, 1], 'label': int32}.
+  """
+  ds = split.records
+  if indices is not None:
+    keep = np.zeros(len(split.labels), bool)
+    keep[np.asarray(indices, np.int64)] = True
+    keep = tf.constant(keep)
+    ds = ds.enumerate().filter(lambda i, _: tf.gather(keep, i))
+    ds = ds.map(lambda _, record: record)
+
+  def preprocess(data, label):
+    image, label = _decode_record((data, label), split.from_files)
+    return {'image': preprocess_for_eval(image, crop), 'label': label}
+
+  return _finish(ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE))

@@ -6,7 +6,7 @@ and units are 1-based. Convolutions are weight-standardised and bias-free;
 GroupNorm has 32 groups and epsilon 1e-6.
 """
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -22,29 +22,23 @@ def weight_standardize(w: Array, axis: Sequence[int], eps: float) -> Array:
   return w / (jnp.std(w, axis=axis, keepdims=True) + eps)
 
 
-class StdConv(nn.Module):
-  """Bias-free 'SAME' convolution whose HWIO kernel is standardised at use.
+class StdConv(nn.Conv):
+  """`nn.Conv` whose HWIO kernel is weight-standardised when it is read.
 
-  The stored kernel stays raw (as in the checkpoints); standardisation over
-  the H, W and input axes happens in the forward pass, in float32.
+  A subclass of `nn.Conv`, as in the original (so its fields, e.g.
+  `use_bias`, `padding`, work): the stored kernel stays raw, as in the
+  checkpoints, and is standardised over the H, W and input axes, in
+  float32, each time the convolution reads it.
   """
 
-  features: int
-  kernel_size: Tuple[int, int]
-  strides: Tuple[int, int] = (1, 1)
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    shape = (*self.kernel_size, x.shape[-1], self.features)
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), shape,
-                        self.param_dtype)
-    kernel = weight_standardize(kernel.astype(jnp.float32), (0, 1, 2), 1e-5)
-    return jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=self.strides, padding='SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  def param(self, name: str, init_fn: Callable[..., Any], *init_args,
+            **init_kwargs) -> Any:
+    value = super().param(name, init_fn, *init_args, **init_kwargs)
+    if name != 'kernel':
+      return value
+    standardized = weight_standardize(value.astype(jnp.float32), (0, 1, 2),
+                                      1e-5)
+    return standardized.astype(value.dtype)
 
 
 class ResidualUnit(nn.Module):
@@ -62,13 +56,15 @@ class ResidualUnit(nn.Module):
     residual = x
     if x.shape[-1] != self.features * 4 or self.strides != (1, 1):
       residual = StdConv(self.features * 4, (1, 1), self.strides,
-                         name='conv_proj', **kw)(residual)
+                         use_bias=False, name='conv_proj', **kw)(residual)
       residual = gn('gn_proj')(residual)
-    y = StdConv(self.features, (1, 1), name='conv1', **kw)(x)
+    y = StdConv(self.features, (1, 1), use_bias=False, name='conv1', **kw)(x)
     y = nn.relu(gn('gn1')(y))
-    y = StdConv(self.features, (3, 3), self.strides, name='conv2', **kw)(y)
+    y = StdConv(self.features, (3, 3), self.strides, use_bias=False,
+                name='conv2', **kw)(y)
     y = nn.relu(gn('gn2')(y))
-    y = StdConv(self.features * 4, (1, 1), name='conv3', **kw)(y)
+    y = StdConv(self.features * 4, (1, 1), use_bias=False, name='conv3',
+                **kw)(y)
     y = gn('gn3', scale_init=nn.initializers.zeros)(y)
     return nn.relu(residual + y)
 
@@ -77,7 +73,7 @@ class ResNetStage(nn.Module):
   """`block_size` residual units; only the first one strides."""
 
   block_size: int
-  features: int
+  nout: int  # Bottleneck width (the original's name); output is 4 x nout.
   first_stride: Tuple[int, int]
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -85,9 +81,9 @@ class ResNetStage(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = ResidualUnit(self.features, self.first_stride, name='unit1', **kw)(x)
+    x = ResidualUnit(self.nout, self.first_stride, name='unit1', **kw)(x)
     for i in range(1, self.block_size):
-      x = ResidualUnit(self.features, name=f'unit{i + 1}', **kw)(x)
+      x = ResidualUnit(self.nout, name=f'unit{i + 1}', **kw)(x)
     return x
 
 
@@ -102,7 +98,8 @@ def resnet_root(x: Array, *, num_layers: Sequence[int], width_factor: float,
   """
   kw = dict(dtype=dtype, param_dtype=param_dtype)
   width = int(64 * width_factor)
-  x = StdConv(width, (7, 7), (2, 2), name='conv_root', **kw)(x)
+  x = StdConv(width, (7, 7), (2, 2), use_bias=False, name='conv_root',
+              **kw)(x)
   x = nn.GroupNorm(name='gn_root', epsilon=1e-6, **kw)(x)
   x = nn.relu(x)
   x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='SAME')

@@ -11,7 +11,7 @@ checkpoints after pre-Linen renaming (see `checkpoint.load`):
 Renaming a submodule here breaks every official checkpoint.
 """
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, Type
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,8 @@ Initializer = Callable[..., Array]
 
 # Attention implementations selectable with `attention_impl`.
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
+# Classifiers whose model prepends a class token (see models.has_class_token).
+CLASS_TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
 
 
 class IdentityLayer(nn.Module):
@@ -57,10 +59,12 @@ class AddPositionEmbs(nn.Module):
 class MlpBlock(nn.Module):
   """Dense -> GELU (tanh approximation) -> Dense, with dropout."""
 
+  # Field order as in the original release (positional construction).
   mlp_dim: int
-  dropout_rate: float = 0.1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  out_dim: Optional[int] = None  # None: the input width.
+  dropout_rate: float = 0.1
   kernel_init: Initializer = nn.initializers.xavier_uniform()
   bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
 
@@ -72,7 +76,7 @@ class MlpBlock(nn.Module):
     x = dense(self.mlp_dim)(inputs)
     x = nn.gelu(x)  # approximate=True, as in the original release.
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-    x = dense(inputs.shape[-1])(x)
+    x = dense(self.out_dim or inputs.shape[-1])(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -300,6 +304,10 @@ class VisionTransformer(nn.Module):
   representation_size: Optional[int] = None
   classifier: str = 'token'
   head_bias_init: float = 0.0
+  # The encoder class, as in the original. A class other than `Encoder` (or
+  # a subclass) is built from `transformer` alone and called as
+  # `encoder(x, train=train)`, the original's interface.
+  encoder: Type[nn.Module] = Encoder
   model_name: Optional[str] = None
   attention_impl: str = 'einsum'
   remat: bool = False
@@ -320,7 +328,7 @@ class VisionTransformer(nn.Module):
     if self.transformer is not None:
       n, h, w, c = x.shape
       x = jnp.reshape(x, (n, h * w, c))
-      if self.classifier in ('token', 'token_unpooled'):
+      if self.classifier in CLASS_TOKEN_CLASSIFIERS:
         cls = self.param('cls', nn.initializers.zeros, (1, 1, c),
                          self.param_dtype)
         x = jnp.concatenate(
@@ -329,9 +337,14 @@ class VisionTransformer(nn.Module):
       # not compute the others (unless attention weights are being captured).
       first_token_only = (self.classifier == 'token' and
                           not self.is_mutable_collection('intermediates'))
-      x = Encoder(name='Transformer', attention_impl=self.attention_impl,
-                  remat=self.remat, **self.transformer, **kw)(
-                      x, train=train, first_token_only=first_token_only)
+      if issubclass(self.encoder, Encoder):
+        x = self.encoder(name='Transformer',
+                         attention_impl=self.attention_impl,
+                         remat=self.remat, **self.transformer, **kw)(
+                             x, train=train, first_token_only=first_token_only)
+      else:
+        x = self.encoder(name='Transformer', **self.transformer)(
+            x, train=train)
     x = self._pool(x)
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, name='pre_logits', **kw)(x)

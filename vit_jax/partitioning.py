@@ -22,6 +22,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from vit_jax import errors
+
 DATA = 'data'
 MODEL = 'model'
 
@@ -46,7 +48,7 @@ PARAM_RULES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
 )
 
 
-class MeshError(ValueError):
+class MeshError(errors.UserError):
   """The configured mesh does not fit the devices."""
 
 

@@ -13,13 +13,14 @@ state, accumulating gradients over micro-batches with `lax.scan`.
 """
 
 import functools
+import json
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import (Any, Callable, Dict, Iterator, Mapping, NamedTuple,
+                    Optional, Tuple)
 
 from absl import logging
 from clu import metric_writers
-from clu import periodic_actions
 import flax
 import flax.linen as nn
 import jax
@@ -31,11 +32,15 @@ import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
 from vit_jax import config_validation
+from vit_jax import errors
 from vit_jax import export
+from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import partitioning
 from vit_jax import utils
+from vit_jax.configs import common
+from vit_jax.configs import models as model_configs
 
 Batch = Mapping[str, jax.Array]
 Metrics = Dict[str, jax.Array]
@@ -68,14 +73,15 @@ def create_optimizer(
   default, as in the original, which halves the optimizer memory).
   """
   lr_fn = utils.create_learning_rate_schedule(
-      total_steps=config.total_steps, base=config.base_lr,
-      decay_type=config.decay_type, warmup_steps=config.warmup_steps)
-  schedule = lambda count: lr_fn(count + 1)  # optax counts from 0.
+      config.total_steps, config.base_lr, config.decay_type,
+      config.warmup_steps)
+  # As in the original, optax calls lr_fn with its update count: the first
+  # update uses lr_fn(0) (0 with warmup).
   dtype = jnp.dtype(config.optim_dtype)
   if config.optimizer == 'adam':
-    opt = optax.adam(schedule, mu_dtype=dtype)
+    opt = optax.adam(lr_fn, mu_dtype=dtype)
   else:
-    opt = optax.sgd(schedule, momentum=config.momentum,
+    opt = optax.sgd(lr_fn, momentum=config.momentum,
                     accumulator_dtype=dtype)
   if config.grad_norm_clip:
     return optax.chain(optax.clip_by_global_norm(config.grad_norm_clip),
@@ -96,46 +102,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -(onehot * logp).sum(-1).mean()
 
 
-def accumulate_gradients(loss_and_grad: Callable, params: Any, batch: Batch,
-                         rng: jax.Array, accum_steps: int,
-                         batch_spec: Any = None) -> Tuple[jax.Array, Any]:
-  """Mean loss and gradient over `accum_steps` micro-batches.
-
-  Micro-batch k holds rows k, k + accum_steps, ... of the batch: the reshape
-  (B, ...) -> (B / accum, accum, ...) keeps the data-sharded leading axis
-  intact, so no device exchanges examples.
-  """
-  images, labels = batch['image'], batch['label']
-  if accum_steps == 1:
-    return loss_and_grad(params, images, labels, rng)
-
-  def split(x):
-    x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
-    if batch_spec is not None:
-      x = jax.lax.with_sharding_constraint(x, batch_spec)
-    return x
-
-  images, labels = split(images), split(labels)
-
-  def body(carry, k):
-    loss_sum, grad_sum = carry
-    loss, grads = loss_and_grad(params, images[:, k], labels[:, k],
-                                jax.random.fold_in(rng, k))
-    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  (loss, grads), _ = jax.lax.scan(body, (jnp.float32(0), zeros),
-                                  jnp.arange(accum_steps))
-  return loss / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
-
-
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                tx: optax.GradientTransformation, lr_fn: utils.Schedule,
                rng: jax.Array, accum_steps: int,
                batch_spec: Any = None) -> Tuple[TrainState, Metrics]:
-  """One optimizer update. A non-finite loss or gradient leaves params and
-  optimizer state untouched (metrics['finite'] is False); the caller decides
-  whether to stop or skip."""
+  """One optimizer update on a global batch ('image', integer 'label').
+
+  Micro-batches are strided rows (`utils.accumulate_gradient(strided=True)`)
+  so that the data-sharded axis stays in place. A non-finite loss or
+  gradient leaves params and optimizer state untouched (metrics['finite'] is
+  False); the caller decides whether to stop or skip.
+  """
   step_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params, images, labels, dropout_rng):
@@ -143,9 +120,10 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                          rngs={'dropout': dropout_rng})
     return cross_entropy(logits, labels)
 
-  loss, grads = accumulate_gradients(
-      jax.value_and_grad(loss_fn), state.params, batch, step_rng, accum_steps,
-      batch_spec)
+  loss, grads = utils.accumulate_gradient(
+      jax.value_and_grad(loss_fn), state.params, batch['image'],
+      batch['label'], accum_steps, strided=True, sharding=batch_spec,
+      rng=step_rng)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -155,9 +133,41 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   new_state = TrainState(step=state.step + 1,
                          params=keep(params, state.params),
                          opt_state=keep(opt_state, state.opt_state))
+  # The learning rate this update applied (optax's count == state.step).
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite,
-             'learning_rate': lr_fn(state.step + 1)}
+             'learning_rate': lr_fn(state.step)}
   return new_state, metrics
+
+
+def make_update_fn(*, apply_fn: Callable[..., jax.Array], accum_steps: int,
+                   tx: optax.GradientTransformation) -> Callable:
+  """The original's update step, jitted rather than pmapped.
+
+  Returns `update_fn(params, opt_state, batch, rng) -> (params, opt_state,
+  loss, new_rng)` where `batch` holds 'image' (B, H, W, 3) and one-hot
+  'label' (B, num_classes), with no leading device axis: place the arrays
+  with a `NamedSharding` (see `partitioning.batch_sharding`) to spread them
+  over devices. Micro-batches are contiguous, as in the original. `params`
+  are donated. `train_and_evaluate` uses `train_step`, which adds exact
+  resume, sharded state and the non-finite guard.
+  """
+
+  def update_fn(params, opt_state, batch, rng):
+    dropout_rng, new_rng = jax.random.split(rng)
+
+    def loss_fn(params, images, labels):
+      logits = apply_fn({'params': params}, images, train=True,
+                        rngs={'dropout': dropout_rng})
+      logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+      return -jnp.mean(jnp.sum(logp * labels, axis=-1))
+
+    loss, grads = utils.accumulate_gradient(
+        jax.value_and_grad(loss_fn), params, batch['image'], batch['label'],
+        accum_steps)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, new_rng
+
+  return jax.jit(update_fn, donate_argnums=(0,))
 
 
 def eval_step(params: Any, batch: Batch, *,
@@ -166,14 +176,6 @@ def eval_step(params: Any, batch: Batch, *,
   logits = model.apply({'params': params}, batch['image'], train=False)
   correct = (jnp.argmax(logits, -1) == batch['label']) * batch['mask']
   return correct.sum(), batch['mask'].sum()
-
-
-def abstract_params(model: nn.Module, crop: int) -> Any:
-  """Parameter shapes without allocating anything."""
-  x = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-  )['params']
 
 
 def init_params(model: nn.Module, config, shardings: Any) -> Any:
@@ -193,7 +195,10 @@ def pretrained_path(config) -> str:
   if config.pretrained_path:
     return config.pretrained_path
   if config.pretrained_dir:
-    stem = config.pretrained_filename or config.model_name
+    if config.get('model_or_filename'):
+      stem = model_configs.augreg_filename(config.model_or_filename)
+    else:
+      stem = config_validation.model_name(config)
     return os.path.join(config.pretrained_dir, f'{stem}.npz')
   return ''
 
@@ -205,7 +210,7 @@ def create_train_state(config, model: nn.Module,
 
   Returns the state and its shardings (a TrainState of NamedShardings).
   """
-  abstract = abstract_params(model, config.pp.crop)
+  abstract = models.abstract_params(model, config.pp.crop)
   param_shardings = partitioning.tree_shardings(abstract, mesh,
                                                 fsdp=config.fsdp)
   params = init_params(model, config, param_shardings)
@@ -218,7 +223,7 @@ def create_train_state(config, model: nn.Module,
     params = jax.device_put(host, param_shardings)
   else:
     logging.warning('config.pretrained_dir is empty: training %s from '
-                    'scratch.', config.model_name)
+                    'scratch.', config_validation.model_name(config))
   opt_shardings = partitioning.tree_shardings(
       jax.eval_shape(tx.init, abstract), mesh, fsdp=config.fsdp)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
@@ -273,8 +278,18 @@ def evaluate(eval_fn: Callable, params: Any, test_ds,
   return float(correct) / max(float(total), 1.0)
 
 
+CHECKPOINT_PREFIX = 'checkpoint'  # Steps live in {workdir}/checkpoint_{step}.
+
+
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  """The directory holding the `checkpoint_{step}` folders: the workdir."""
+  return os.path.abspath(workdir)
+
+
+def _manager_options(config=None, **kwargs) -> ocp.CheckpointManagerOptions:
+  keep = config.keep_checkpoints if config is not None else None
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=keep, step_prefix=CHECKPOINT_PREFIX, **kwargs)
 
 
 def latest_checkpoint_step(workdir: str) -> int:
@@ -285,17 +300,18 @@ def latest_checkpoint_step(workdir: str) -> int:
   """
   if not os.path.isdir(checkpoint_dir(workdir)):
     return 0
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir),
+                                  options=_manager_options())
   step = manager.latest_step()
   manager.close()
   return step or 0
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """Orbax manager in {workdir}/checkpoints, keeping the newest few."""
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  """Orbax manager writing {workdir}/checkpoint_{step}, keeping the newest
+  `config.keep_checkpoints`."""
+  return ocp.CheckpointManager(checkpoint_dir(workdir),
+                               options=_manager_options(config, create=True))
 
 
 def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState,
@@ -312,7 +328,7 @@ def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState,
   return restored
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, errors.UserError):
   """The loss or gradient became NaN/Inf (config.nonfinite_loss='raise')."""
 
 
@@ -347,26 +363,46 @@ def make_step_fns(config, model, tx, lr_fn, mesh, shardings):
   return train_fn, eval_fn
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Dict[str, float]:
-  """Fine-tunes `config.model` on `config.dataset`; returns final metrics.
+class RunResult(NamedTuple):
+  """What `run` returns."""
+  params: Any  # Trained parameters (jax arrays, sharded as in training).
+  accuracy: float  # Test accuracy of the last evaluation (nan if none ran).
+  step: int  # Updates applied.
+  written: Dict[str, str]  # What was written where (description -> path).
 
-  Resumes from the newest complete checkpoint in `workdir` if there is one.
-  Writes orbax checkpoints, TensorBoard events and (with config.export) the
-  official-layout `model.npz` + `model.json` into `workdir`. Inputs are
-  validated (config, pretrained file, dataset) before anything is written
-  or compiled.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Fine-tunes `config.model` on `config.dataset`; returns the params.
+
+  The original's entry point and return value; `run` is the same with the
+  final accuracy and the list of files written.
+  """
+  return run(config, workdir).params
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+  """Trains with evaluation, checkpoints and export; see the module doc.
+
+  Resumes from the newest complete checkpoint in `workdir` if there is one;
+  a finished workdir is evaluated, not trained or rewritten. Writes orbax
+  checkpoints ({workdir}/checkpoint_{step}), TensorBoard events, config.json
+  and (with config.export) the official-layout `model.npz` + `model.json`.
+  Inputs are validated (config, pretrained file, dataset) before anything is
+  written or compiled.
   """
   config = config_validation.resolve_and_validate(config)
   start = latest_checkpoint_step(workdir)
   path = pretrained_path(config)
   if path and not start:
-    checkpoint.check_exists(path, model_name=config.model_name)
+    checkpoint.check_exists(path,
+                            model_name=config_validation.model_name(config))
   mesh = partitioning.create_mesh(config.mesh)
   block, blocks = data_shard(mesh)
-  train_ds, test_ds, info = input_pipeline.get_datasets(
+  datasets = input_pipeline.get_datasets(
       config, start_step=start, process_index=block, process_count=blocks)
+  (train_ds, test_ds), info = datasets, datasets.info
   model = create_model(config, info.num_classes)
+  fewshot_eval = fewshot.create_evaluator(config, model, mesh)  # None: off.
   tx, lr_fn = create_optimizer(config)
   if start:  # The checkpoint replaces the pretrained weights: skip them.
     state, shardings = _abstract_state(config, model, tx, mesh)
@@ -377,24 +413,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if start:
     state = restore_or_keep(manager, state, shardings)
   train_fn, eval_fn = make_step_fns(config, model, tx, lr_fn, mesh, shardings)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  writer.write_hparams(_hparams(config))
+  written = {'checkpoints': os.path.join(checkpoint_dir(workdir),
+                                         f'{CHECKPOINT_PREFIX}_<step>')}
+  if start >= config.total_steps:
+    logging.info('%s already holds the final checkpoint (step %d of %d): '
+                 'nothing to train; evaluating it.', workdir, start,
+                 config.total_steps)
+    accuracy = evaluate(eval_fn, state.params, test_ds,
+                        partitioning.batch_sharding(mesh), blocks)
+    logging.info('Test accuracy: %.5f', accuracy)
+    manager.close()
+    return RunResult(state.params, accuracy, int(state.step), written)
+  config_file = _record_config(workdir, config, resuming=bool(start))
+  written['config'] = config_file
+  writer = _metric_writer(workdir, config)
+  written['TensorBoard events'] = workdir
   try:
     state, accuracy = _train_loop(config, state, train_fn, eval_fn, train_ds,
-                                  test_ds, mesh, writer, manager)
+                                  test_ds, mesh, writer, manager, lr_fn,
+                                  info.num_test_examples, fewshot_eval)
   finally:  # Also on errors: finish the (checked) checkpoint being written.
     manager.wait_until_finished()
+    manager.close()
   if config.export:
-    export.export_model(workdir, params=state.params, config=config,
-                        info=info)
+    written['exported model'] = export.export_model(
+        workdir, params=state.params, config=config, info=info)
   writer.flush()
-  return {'accuracy': accuracy, 'step': int(state.step)}
+  return RunResult(state.params, accuracy, int(state.step), written)
+
+
+def _record_config(workdir: str, config, *, resuming: bool) -> str:
+  """Writes {workdir}/config.json; on resume, warns about changed fields."""
+  path = os.path.join(workdir, 'config.json')
+  flat = dict(common.flatten(config.to_dict()))
+  flat = {k: v if isinstance(v, (int, float, str, bool, type(None)))
+          else repr(v) for k, v in flat.items()}
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    changed = [f'{k}: {before.get(k)!r} -> {flat.get(k)!r}'
+               for k in sorted(set(before) | set(flat))
+               if before.get(k) != flat.get(k) and k != 'config.dataset']
+    if changed:
+      logging.warning(
+          'Resuming %s with a config that differs from the one it was '
+          'started with (%s):\n  %s', workdir, path, '\n  '.join(changed))
+  if jax.process_index() == 0:
+    export.write_json_atomic(path, flat)
+  return path
 
 
 def _abstract_state(config, model, tx, mesh) -> Tuple[TrainState, Any]:
   """Shapes and shardings of the state, for restoring without initialising."""
-  abstract = abstract_params(model, config.pp.crop)
+  abstract = models.abstract_params(model, config.pp.crop)
   opt = jax.eval_shape(tx.init, abstract)
   shardings = TrainState(
       step=partitioning.replicated(mesh),
@@ -406,35 +477,51 @@ def _abstract_state(config, model, tx, mesh) -> Tuple[TrainState, Any]:
 
 
 def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
-                writer, manager) -> Tuple[TrainState, float]:
-  """Steps from state.step + 1 to total_steps with logging, eval, saving."""
+                writer, manager, lr_fn, num_test: int,
+                fewshot_eval=None) -> Tuple[TrainState, float]:
+  """Steps from state.step + 1 to total_steps with logging, eval, saving.
+
+  TensorBoard tags are the original's (train_loss, img_sec_core_train,
+  accuracy_test, lr, img_sec_core_test) plus grad_norm and learning_rate
+  (the rate the logged update applied; `lr` is the original's lr_fn(step))
+  and, with config.fewshot, fewshot/<dataset>_<k>shot.
+  """
   total = config.total_steps
   sharding = partitioning.batch_sharding(mesh)
-  report = periodic_actions.ReportProgress(
-      num_train_steps=total, writer=writer, every_steps=config.progress_every)
   blocks = data_shard(mesh)[1]
   batches = device_batches(train_ds, sharding, config.prefetch, blocks)
-  accuracy, tick, tick_step = float('nan'), time.perf_counter(), int(state.step)
+  progress = utils.Progress(total, first_step=int(state.step))
+  accuracy = float('nan')
   pending = None  # (step, metrics) checked one step late: no host stall.
   for step in range(int(state.step) + 1, total + 1):
-    state, metrics = train_fn(state, next(batches))
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, metrics = train_fn(state, next(batches))
     _check_finite(pending, config.nonfinite_loss)
     pending = (step, metrics)
-    report(step)
     if utils.itstime(step, config.progress_every, total):
-      now = time.perf_counter()
-      img_s = config.batch * (step - tick_step) / (now - tick)
+      img_s = progress.images_per_second(step, config.batch)
+      loss = float(metrics['loss'])
       writer.write_scalars(step, {
-          'train_loss': float(metrics['loss']),
-          'learning_rate': float(metrics['learning_rate']),
-          'img_per_sec_per_core': img_s / jax.device_count()})
-      tick, tick_step = now, step
+          'train_loss': loss,
+          'img_sec_core_train': img_s / jax.device_count(),
+          'grad_norm': float(metrics['grad_norm']),
+          'learning_rate': float(metrics['learning_rate'])})
+      logging.info('%s, loss %.4f, %.1f img/s', progress.line(step), loss,
+                   img_s)
     if utils.itstime(step, config.eval_every, total):
-      with report.timed('eval'):
-        accuracy = evaluate(eval_fn, state.params, test_ds, sharding,
-                            blocks)
-      writer.write_scalars(step, {'test_accuracy': accuracy})
-      tick = time.perf_counter()  # Eval time is not training throughput.
+      with progress.paused():
+        tick = time.perf_counter()
+        accuracy = evaluate(eval_fn, state.params, test_ds, sharding, blocks)
+        seconds = time.perf_counter() - tick
+      writer.write_scalars(step, {
+          'accuracy_test': accuracy, 'lr': float(lr_fn(step)),
+          'img_sec_core_test': num_test / max(seconds, 1e-9)
+                               / jax.device_count()})
+      logging.info('Step %d/%d: test accuracy %.5f (%.1f s)', step, total,
+                   accuracy, seconds)
+    if fewshot_eval and fewshot_eval.is_due(step, total):  # config.fewshot
+      with progress.paused():
+        writer.write_scalars(step, fewshot_eval.run(state.params))
     if utils.itstime(step, config.checkpoint_every, total):
       # Never save past an unchecked step: a 'raise' run must not resume
       # beyond the bad batch.
@@ -443,6 +530,17 @@ def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,
       manager.save(step, args=ocp.args.StandardSave(state))
   _check_finite(pending, config.nonfinite_loss)
   return state, accuracy
+
+
+def _metric_writer(workdir: str, config) -> metric_writers.MetricWriter:
+  """Scalars to the console and (process 0) TensorBoard; the config goes to
+  TensorBoard's hparams only (main.py logs it readably)."""
+  if jax.process_index() > 0:
+    return metric_writers.LoggingWriter()
+  summary = metric_writers.SummaryWriter(workdir)
+  summary.write_hparams(_hparams(config))
+  return metric_writers.MultiWriter(
+      [metric_writers.LoggingWriter(), summary])
 
 
 def _hparams(config) -> Dict[str, Any]:

@@ -20,23 +20,10 @@ R26+S/32 83.85%, Ti/16 78.22%, B/32 83.59%, S/32 79.58%, R+Ti/16 75.40%.
 from vit_jax.configs import common
 from vit_jax.configs import models
 
-# The README's recommended upstream (ImageNet-21k) checkpoints.
-RECOMMENDED = {
-    'L_16': 'L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0',
-    'B_16': 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0',
-    'S_16': 'S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0',
-    'R50_L_32': 'R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1',
-    'R26_S_32': 'R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0',
-    'Ti_16': 'Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
-    'B_32': 'B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0',
-    'S_32': 'S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0',
-    'R_Ti_16': 'R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
-}
-
 
 def get_config(model_or_filename: str = 'B_16'):
   """Config for an AugReg model name or checkpoint file name."""
-  filename = RECOMMENDED.get(model_or_filename, model_or_filename)
+  filename = models.augreg_filename(model_or_filename)
   model = filename.split('-')[0]
   if model not in models.AUGREG_CONFIGS:
     raise ValueError(
@@ -46,9 +33,9 @@ def get_config(model_or_filename: str = 'B_16'):
   config = common.with_dataset(common.get_config(), 'oxford_iiit_pet')
   config.model = models.AUGREG_CONFIGS[model].copy_and_resolve_references()
   config.model.transformer.dropout_rate = 0.0
-  config.model_name = config.model.model_name
   config.pretrained_dir = 'gs://vit_models/augreg'
-  config.pretrained_filename = filename  # Read as {pretrained_dir}/{}.npz.
+  config.model_or_filename = model_or_filename  # {pretrained_dir}/{file}.npz
+  config.pp.resize = 448  # The original's field (unused, as there).
   config.total_steps = 500
   config.warmup_steps = 100
   config.base_lr = 0.03

@@ -21,7 +21,6 @@ from vit_jax.configs import models
 def get_config():
   """ViT-B_16 on cifar10 with the original defaults (base_lr 0.01)."""
   config = common.with_dataset(common.get_config(), 'cifar10')
-  config.model_name = 'ViT-B_16'
   config.model = models.MODEL_CONFIGS['ViT-B_16'].copy_and_resolve_references()
   config.base_lr = 0.01  # The original's override for b16 + cifar10.
   return config.lock()

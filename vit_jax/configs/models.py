@@ -232,3 +232,31 @@ def get_mixer_l16_config():
   """Mixer-L/16."""
   return _mixer('Mixer-L_16', patch=16, hidden=1024, blocks=24,
                 tokens_mlp=512, channels_mlp=4096)
+
+
+# The upstream (ImageNet-21k) AugReg checkpoints recommended by the original
+# README; a bare AugReg model name means these files.
+AUGREG_RECOMMENDED = {
+    'L_16': 'L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0',
+    'B_16': 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0',
+    'S_16': 'S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0',
+    'R50_L_32': 'R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-'
+                'sd_0.1',
+    'R26_S_32': 'R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-'
+                'sd_0.0',
+    'Ti_16': 'Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
+    'B_32': 'B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0',
+    'S_32': 'S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0',
+    'R_Ti_16': 'R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0',
+}
+
+
+def augreg_filename(model_or_filename: str) -> str:
+  """An AugReg file stem: the recommended one for a model name, else as is.
+
+  (The original picked the best i21k checkpoint from the bucket's index.csv
+  at run time; the README's recommended files are those same choices and
+  need no network.)
+  """
+  return AUGREG_RECOMMENDED.get(model_or_filename, model_or_filename)
+

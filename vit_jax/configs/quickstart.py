@@ -43,7 +43,6 @@ def get_config():
   """Digits, 32 px, batch 64, from scratch."""
   config = common.with_dataset(common.get_config(), 'digits')
   config.model = get_model_config()
-  config.model_name = config.model.model_name
   config.pretrained_dir = ''  # From scratch.
   config.pp.flip = False  # Mirrored digits are different digits.
   config.pp.crop_area_min = 0.8  # Keep most of each 32x32 digit.
@@ -59,7 +58,4 @@ def get_config():
   config.eval_every = 500
   config.progress_every = 100
   config.checkpoint_every = 500
-  # Its step buffers are small: huge pages made the run ~2-4 s slower
-  # (51.4-51.5 s vs 46.9-49.7 s, 2 alternations, 2026-11-30).
-  config.huge_pages = False
   return config.lock()

@@ -38,9 +38,8 @@ def get_config(model_dataset: str = 'b16,cifar10'):
   model, dataset = model_dataset.split(',')
   config = common.with_dataset(common.get_config(), dataset)
   config.model = model_config(model)
-  config.model_name = config.model.model_name
-  if config.model_name.startswith('Mixer'):
+  if config.model.model_name.startswith('Mixer'):
     config.pp.crop = 224  # As the original Mixer config.
-  if config.model_name == 'ViT-B_16' and dataset == 'cifar10':
+  if config.model.model_name == 'ViT-B_16' and dataset == 'cifar10':
     config.base_lr = 0.01  # The original's override.
   return config.lock()

@@ -23,7 +23,6 @@ from absl import app
 from absl import flags
 from flax import traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models
@@ -34,11 +33,8 @@ from vit_jax.inspect import position
 
 def random_params(model, res: int, seed: int = 0):
   """Params of the right shapes filled with small random values."""
-  x = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
   rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(shapes['params'])
+  flat = traverse_util.flatten_dict(models.abstract_params(model, res))
   return jax.device_put(traverse_util.unflatten_dict({
       k: (float(k[-1] == 'scale') + rng.normal(scale=0.02, size=v.shape)
           ).astype(np.float32) for k, v in flat.items()}))

@@ -54,17 +54,12 @@ def check_has_attention(model) -> None:
 def geometry(model, image_hw: Sequence[int]) -> Geometry:
   """Grid, pixels per token and prefix-token count for a ViT at H x W."""
   check_has_attention(model)
-  ph, pw = tuple(model.patches['size'])
-  stride = 1
-  if model.resnet is not None:
-    # Root conv /2 and max-pool /2, then every stage after the first /2.
-    stride = 4 * 2**max(len(model.resnet['num_layers']) - 1, 0)
-  sh, sw = ph * stride, pw * stride
+  sh, sw = models.patch_stride(model)
   h, w = (int(v) for v in image_hw)
   if h % sh or w % sw:
     raise ValueError(f'image size {h}x{w} is not a multiple of the token '
                      f'stride {sh}x{sw} of {model.model_name}.')
-  prefix = 1 if model.classifier in ('token', 'token_unpooled') else 0
+  prefix = int(models.has_class_token(model))
   return Geometry((h // sh, w // sw), (sh, sw), prefix)
 
 

@@ -1,0 +1,178 @@
+r"""Command line: fine-tuning, or the inference-time benchmark, from a config.
+
+  python -m vit_jax.main --workdir=/tmp/vit \
+      --config=$(pwd)/vit_jax/configs/vit.py:b16,cifar10 \
+      --config.pretrained_dir=checkpoints
+  python main.py --config=configs/b16_cifar10.py --workdir=/tmp/b16
+
+The original release's command and flags; the repository's `main.py` is the
+short form. `--config` takes a config file (a path, or `configs/...`
+relative to this package) with an optional `:argument`, and `--config.x=y`
+overrides. `config.trainer` picks 'train' (`train.run`) or
+'inference_time' (configs/inference_time.py). Logging also goes to
+`{workdir}/train.log`.
+
+Multi-host: pass --coordinator_address, --num_processes and --process_id
+(or --multihost on TPU pods / SLURM, where JAX finds them itself).
+`--cpu_tuning` opts into the CPU settings measured in bench/RESULTS.md
+(XLA:CPU flags, transparent huge pages, a frozen garbage collector).
+"""
+
+import logging as python_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Checkpoints, TensorBoard events, train.log and the '
+    'exported model.')
+config_flags.DEFINE_config_file(
+    'config', None, 'A config file, e.g. vit_jax/configs/vit.py:b16,cifar10.',
+    lock_config=True)
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Call jax.distributed.initialize() (TPU pods, SLURM).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (multi-process).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process.')
+_CPU_TUNING = flags.DEFINE_bool(
+    'cpu_tuning', False, 'CPU only: XLA:CPU flags, transparent huge pages '
+    '(re-runs the process) and a frozen GC; see README "Speed".')
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def resolve_config_arg(argv):
+  """Maps `--config=configs/x.py[:arg]` to this package's file if needed."""
+  out = []
+  for arg in argv:
+    if arg.startswith('--config='):
+      path, sep, rest = arg[len('--config='):].partition(':')
+      if not os.path.exists(path):
+        for candidate in (os.path.join(_PACKAGE, path),
+                          os.path.join(os.path.dirname(_PACKAGE), path)):
+          if os.path.exists(candidate):
+            arg = f'--config={candidate}{sep}{rest}'
+            break
+    out.append(arg)
+  return out
+
+
+def parse_flags(argv):
+  """absl's flag parsing, plus a clean exit for a bad --config.
+
+  ml_collections reports a config file that fails to load only when the
+  config is first used, and an unknown `--config.x` key as an
+  AttributeError: both would end in a traceback rather than a message.
+  """
+  try:
+    rest = app.parse_flags_with_usage(argv)
+    flags.FLAGS.config.get('trainer')  # Raises if the file failed to load.
+  except (OSError, AttributeError, KeyError, ValueError) as e:
+    reason = e
+    while isinstance(reason, BaseException) and reason.args:
+      reason = reason.args[0]  # ml_collections nests a KeyError's text.
+    print(f'FATAL Flags parsing error: --config: {reason}', file=sys.stderr)
+    sys.exit(1)
+  return rest
+
+
+class _QuietLibraries(python_logging.Filter):
+  """Drops INFO chatter of orbax (several lines per checkpoint)."""
+
+  def filter(self, record):
+    return record.levelno >= python_logging.WARNING or '/orbax/' not in (
+        record.pathname or '')
+
+
+def _initialize_distributed():
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value:
+    if os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+      # CPU processes need a collectives backend to talk to each other.
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _MULTIHOST.value:
+    jax.distributed.initialize()
+
+
+def trainer(config) -> str:
+  """'train' or 'inference_time'; the original's inference_time config
+  names it in a field `train`."""
+  return config.get('trainer') or config.get('train') or 'train'
+
+
+def _run(config, workdir: str) -> None:
+  """Dispatches on the trainer; logs what was written where."""
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  from vit_jax import utils  # pylint: disable=g-import-not-at-top
+  _initialize_distributed()
+  utils.enable_compilation_cache(config.get('compilation_cache'), workdir)
+  import jax  # pylint: disable=g-import-not-at-top
+  logging.info('JAX process: %d / %d', jax.process_index(),
+               jax.process_count())
+  logging.info('JAX devices: %s', jax.devices())
+  logging.info('Config:\n%s', config)
+  if trainer(config) == 'inference_time':
+    from vit_jax import inference_time  # pylint: disable=g-import-not-at-top
+    if _CPU_TUNING.value:
+      host.freeze_imported_objects()
+    inference_time.inference_time(config, workdir)
+    return
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  if _CPU_TUNING.value:
+    host.freeze_imported_objects()
+  result = train.run(config, workdir)
+  logging.info('Done: step %d, test accuracy %.5f. Written: %s', result.step,
+               result.accuracy, '; '.join(
+                   f'{k}: {v}' for k, v in result.written.items()))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # On the logger, not a handler: absl's handler is not always the one used.
+  logging.get_absl_logger().addFilter(_QuietLibraries())
+  # JAX's INFO lines about backends it could not start (e.g. 'tpu' where
+  # libtpu is installed but there is no TPU) are noise for this command.
+  python_logging.getLogger('jax._src.xla_bridge').setLevel(
+      python_logging.WARNING)
+  config, workdir = flags.FLAGS.config, _WORKDIR.value
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  if _CPU_TUNING.value:  # Before JAX starts: see host.py.
+    host.rerun_with_huge_pages()
+  from vit_jax import errors  # pylint: disable=g-import-not-at-top
+  from vit_jax import utils  # pylint: disable=g-import-not-at-top
+  if _CPU_TUNING.value:
+    utils.set_xla_flags()  # Before JAX's backends exist.
+  handler = None
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    handler = utils.add_gfile_logger(workdir)
+    _run(config, workdir)
+  except errors.UserError as e:
+    print(f'\nERROR: {e}', file=sys.stderr)
+    sys.exit(1)
+  finally:
+    if handler is not None:
+      handler.flush()
+
+
+def run():
+  """Entry point of `python -m vit_jax.main` and of the root main.py."""
+  import jax  # pylint: disable=g-import-not-at-top
+  flags.mark_flags_as_required(['config', 'workdir'])
+  jax.config.config_with_absl()  # --jax_backend_target etc., as the original.
+  sys.argv = resolve_config_arg(sys.argv)
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()
