@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from vit_jax import errors
+
 # PIL format name -> file extensions (compared lower-cased).
 FORMATS = {
     'JPEG': ('.jpg', '.jpeg'),
@@ -40,7 +42,7 @@ FORMAT_NAMES = 'JPEG, PNG, GIF, BMP, WebP or TIFF'  # For messages.
 _TIFF_MAGIC = (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+')
 
 
-class ImageError(ValueError):
+class ImageError(errors.UserError):
   """An image file is missing or cannot be decoded; says what to do."""
 
 

@@ -214,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   try:
     run(args)
-  except errors.USER_ERRORS + (PredictError, images_lib.ImageError) as e:
+  except errors.USER_ERRORS + (PredictError,) as e:  # ImageError too.
     print(f'vit_jax.predict: {e}', file=sys.stderr)
     return 1
   return 0
