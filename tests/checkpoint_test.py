@@ -375,6 +375,23 @@ class LoadPretrainedTest(TmpDirTest):
         flat(params)[POSEMB][0, :, 0],
         np.float32([0, .5, 1, 1, 1.5, 2, 2, 2.5, 3]))
 
+  def test_token_unpooled_resize_keeps_the_class_row(self):
+    # 'token_unpooled' has a class row like 'token': it must stay row 0 and
+    # only the 2x2 grid behind it is resized (values worked out by hand:
+    # aligned-corners linear 2x2 -> 3x3).
+    config = vit_config(layers=1, classifier='token_unpooled')
+    upstream = random_params(models.build_model(config, num_classes=None), 32)
+    upstream['Transformer']['posembed_input']['pos_embedding'][0, :, 0] = [
+        7, 0, 1, 2, 3]
+    path = self.path('unpooled.npz')
+    checkpoint.save(upstream, path)
+    init = random_params(models.build_model(config, num_classes=None), 48)
+    params = checkpoint.load_pretrained(
+        pretrained_path=path, init_params=init, model_config=config)
+    np.testing.assert_array_equal(
+        flat(params)[POSEMB][0, :, 0],
+        np.float32([7, 0, .5, 1, 1, 1.5, 2, 2, 2.5, 3]))
+
   def test_hybrid_groupnorm_fits_the_model(self):
     model = models.build_model(hybrid_config(), num_classes=5)
     path = self.path('hybrid.npz')

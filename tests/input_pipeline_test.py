@@ -369,6 +369,44 @@ class FolderPipelineTest(absltest.TestCase):
     np.testing.assert_array_equal(masks[1], [1, 1, 0, 0])
 
 
+class FolderLabelsTest(absltest.TestCase):
+  """Every decoded image carries the label of the folder it came from."""
+
+  def test_labels_match_image_content(self):
+    # Class c's images are a flat grey level 40 + 50 c with a little noise:
+    # the decoded pixels tell the folder, whatever the crop, flip or order.
+    root = _tempdir(self)
+    names = ['ant', 'bee', 'cow', 'dog']
+    rng = np.random.RandomState(0)
+    for c, name in enumerate(names):
+      for split, n in (('train', 5), ('test', 2)):
+        for i in range(n):
+          level = 40 + 50 * c + rng.randint(-3, 4, (9 + i, 11, 3))
+          _save(f'{root}/{split}/{name}/{i}.png', level.astype(np.uint8),
+                'RGB', 'PNG')
+    config = _config(root, batch=4, batch_eval=3)
+    config.shuffle_buffer = 8  # Smaller than the folder, as in real runs.
+    datasets = ip.get_datasets(config, process_index=0, process_count=1)
+    (train, test), info = datasets, datasets.info
+    self.assertEqual(info.class_names, names)
+
+    def content_class(images):  # [-1, 1] back to 0..255, nearest level.
+      level = (images.mean(axis=(1, 2, 3)) + 1) * 127.5
+      return np.rint((level - 40) / 50).astype(int)
+
+    seen = []
+    for batch in _batches(train, 10):  # 40 examples: two epochs.
+      np.testing.assert_array_equal(batch['label'],
+                                    content_class(batch['image']))
+      seen += batch['label'].tolist()
+    self.assertEqual(sorted(set(seen)), [0, 1, 2, 3])
+    self.assertNotEqual(seen[:20], sorted(seen[:20]))  # Really shuffled.
+    for batch in _batches(test):
+      real = batch['mask'] > 0
+      np.testing.assert_array_equal(batch['label'][real],
+                                    content_class(batch['image'][real]))
+
+
 class BadFolderTest(absltest.TestCase):
 
   def assert_error(self, root, *fragments, check_images=False):
@@ -449,9 +487,12 @@ class TfdsTest(absltest.TestCase):
     data_dir = _tempdir(self)
     config = _config('cifar10')
     config.tfds_data_dir = data_dir
-    with mock.patch.object(
-        tfds.core.DatasetBuilder, 'download_and_prepare',
-        side_effect=ConnectionError('no network')):
+    # A network that answers the probe but fails the download; the probe
+    # itself is mocked too, so nothing is looked up or connected.
+    with mock.patch.object(ip.utils, 'network_available',
+                           return_value=True), \
+        mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
+                          side_effect=ConnectionError('no network')):
       with self.assertRaises(ip.DatasetError) as cm:
         ip.dataset_info(config)
     message = str(cm.exception)
@@ -463,7 +504,8 @@ class TfdsTest(absltest.TestCase):
   def test_no_network_fails_without_trying_to_download(self):
     config = _config('cifar10')
     config.tfds_data_dir = _tempdir(self)
-    with mock.patch.object(ip.utils, 'network_available', return_value=False), \
+    with mock.patch.object(ip.utils, 'network_available',
+                           return_value=False), \
         mock.patch.object(tfds.core.DatasetBuilder,
                           'download_and_prepare') as download:
       with self.assertRaisesRegex(ip.DatasetError, 'no network: could not '

@@ -75,8 +75,8 @@ def create_optimizer(
   lr_fn = utils.create_learning_rate_schedule(
       config.total_steps, config.base_lr, config.decay_type,
       config.warmup_steps)
-  # As in the original, optax calls lr_fn with its update count: the first
-  # update uses lr_fn(0) (0 with warmup).
+  # As in the original, optax calls lr_fn(count) with count = updates
+  # applied so far (0 at the first update, whose lr is 0 under warmup).
   dtype = jnp.dtype(config.optim_dtype)
   if config.optimizer == 'adam':
     opt = optax.adam(lr_fn, mu_dtype=dtype)
@@ -133,9 +133,9 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   new_state = TrainState(step=state.step + 1,
                          params=keep(params, state.params),
                          opt_state=keep(opt_state, state.opt_state))
-  # The learning rate this update applied (optax's count == state.step).
+  # The learning rate this update applied (optax's count: schedule_count).
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite,
-             'learning_rate': lr_fn(state.step)}
+             'learning_rate': lr_fn(schedule_count(state))}
   return new_state, metrics
 
 
@@ -168,6 +168,18 @@ def make_update_fn(*, apply_fn: Callable[..., jax.Array], accum_steps: int,
     return optax.apply_updates(params, updates), opt_state, loss, new_rng
 
   return jax.jit(update_fn, donate_argnums=(0,))
+
+
+def schedule_count(state: TrainState) -> jax.Array:
+  """The count optax passes to the lr schedule at the next update.
+
+  It equals `state.step` unless updates were skipped (a skipped update
+  leaves the optimizer state, and so its count, untouched).
+  """
+  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  found = [x.count for x in jax.tree.leaves(state.opt_state, is_leaf=is_count)
+           if is_count(x)]
+  return found[0] if found else state.step
 
 
 def eval_step(params: Any, batch: Batch, *,

@@ -93,9 +93,9 @@ def create_learning_rate_schedule(total_steps: int, base: float,
 
   lr(s) = base * min(1, s / warmup) * decay(p) with p = clip((s - warmup) /
   (total - warmup), 0, 1); decay is 0.5 (1 + cos(pi p)) for 'cosine' and
-  interpolates linearly from base to `linear_end` for 'linear'. As in the
-  original, the schedule is handed to optax, which calls it with the number
-  of updates applied so far (0 for the first update).
+  interpolates linearly from base to `linear_end` for 'linear'. `s` is the
+  number of updates applied before this one (optax's count, from 0), as in
+  the original release: the first update has lr 0 when warming up.
   """
   if decay_type not in ('cosine', 'linear'):
     raise ValueError(f"decay_type={decay_type!r}; use 'cosine' or 'linear'.")
