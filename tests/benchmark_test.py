@@ -10,6 +10,7 @@ from absl.testing import absltest
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from vit_jax import benchmark
 from vit_jax import models_vit
@@ -37,6 +38,7 @@ def _cli(cache_dir, mode='train', xla_flags=None):
 
 class BenchmarkTest(absltest.TestCase):
 
+  @pytest.mark.slow
   def test_cli_fields_and_compilation_cache(self):
     with tempfile.TemporaryDirectory() as cache:
       first = _cli(cache)
@@ -56,6 +58,7 @@ class BenchmarkTest(absltest.TestCase):
     # The same program from the cache computes the same losses.
     self.assertEqual(first['losses'], second['losses'])
 
+  @pytest.mark.slow
   def test_cpu_flags_keep_the_losses(self):
     """The default XLA:CPU flags change speed, not the maths."""
     tuned = _cli('')
@@ -91,6 +94,7 @@ class FusedProjectionTest(absltest.TestCase):
     theirs = self.theirs.init(jax.random.PRNGKey(1), self.x, self.x)['params']
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
+  @pytest.mark.slow
   def test_same_gradients(self):
     params = self.theirs.init(jax.random.PRNGKey(1), self.x, self.x)['params']
     params = jax.tree.map(  # Non-zero biases, so that they are tested too.

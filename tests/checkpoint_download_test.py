@@ -10,6 +10,7 @@ import http.server
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,18 @@ class DownloadTest(absltest.TestCase):
     self.assertEqual(path, self.dest)
     self.assert_installed()
 
+  def test_reachable(self):
+    self.assertTrue(checkpoint_download.reachable(self.base_url))
+    port = self.server.server_address[1]
+    with mock.patch.dict(os.environ, {
+        checkpoint_download.BASE_URL_ENV: f'http://127.0.0.1:{port}'}):
+      self.assertTrue(checkpoint_download.reachable())
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))  # Bound, not listening: refused.
+    self.addCleanup(closed.close)
+    self.assertFalse(checkpoint_download.reachable(
+        f'http://127.0.0.1:{closed.getsockname()[1]}', timeout=1))
+
   def test_load_over_http(self):
     params = checkpoint.load(f'{self.base_url}/{BUCKET_PATH}')
     flat = traverse_util.flatten_dict(params, sep='/')
@@ -213,7 +226,42 @@ class DownloadTest(absltest.TestCase):
       self.assertEqual(checkpoint_download.main(['inspect', path]), 0)
     self.assertRegex(out.getvalue(), r'cls +\(1, 1, 10\)')
     n = sum(np.load(path)[k].size for k in np.load(path).files)
-    self.assertIn(f'26 arrays, {n:,} parameters', out.getvalue())
+    listing, changes = out.getvalue().split(f'26 arrays, {n:,} parameters')
+    # The file's own (pre-Linen) names, then the renames of loading.
+    self.assertIn('encoderblock_0/MlpBlock_3/Dense_0/kernel', listing)
+    self.assertNotIn('MlpBlock_0', listing)
+    self.assertIn('MlpBlock_3 -> MlpBlock_0  (4 keys)', changes)
+    self.assertIn('LayerNorm_2 -> LayerNorm_1  (2 keys)', changes)
+
+  def test_load_changes_prefix_and_groupnorm(self):
+    stored = {
+        'opt/target/gn_root/scale': np.ones((1, 1, 1, 4), np.float32),
+        'opt/target/Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias':
+            np.ones(3, np.float32),
+        'step': np.zeros((), np.float32),  # Outside the prefix: dropped.
+    }
+    loaded = traverse_util.flatten_dict(
+        checkpoint.from_stored(stored, source='x.npz'), sep='/')
+    self.assertEqual(checkpoint_download.load_changes(stored, loaded), [
+        'checkpoint.load (so predict, inspect and fine-tuning) changes:',
+        '  MlpBlock_3 -> MlpBlock_0  (1 key)',
+        '  drops the prefix opt/target/  (2 keys)',
+        '  shape (1, 1, 1, 4) -> (4,)  (1 key, GroupNorm)',
+        '  ignores 1 key outside that prefix'])
+
+  def test_inspect_workdir(self):
+    workdir = os.path.join(self.dir, 'work')
+    os.makedirs(workdir)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+      self.assertEqual(checkpoint_download.main(['inspect', workdir]), 1)
+    self.assertIn('is a directory without model.npz', err.getvalue())
+    with open(os.path.join(workdir, 'model.npz'), 'wb') as f:
+      f.write(self.data)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      self.assertEqual(checkpoint_download.main(['inspect', workdir]), 0)
+    self.assertIn(f'{workdir}/model.npz: keys as stored', out.getvalue())
 
 
 class ResolveTest(absltest.TestCase):

@@ -5,6 +5,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -225,6 +226,7 @@ class CommandTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, cls.root)
     cls.data = train_test.write_image_folder(
         os.path.join(cls.root, 'colours'), classes=('red', 'blue', 'green'),
         train_per_class=6, test_per_class=4)

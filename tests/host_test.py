@@ -10,6 +10,7 @@ import weakref
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 
 from vit_jax import host
 
@@ -85,6 +86,7 @@ class RerunTest(absltest.TestCase):
     lines = self._run(['-c', code], GLIBC_TUNABLES='glibc.malloc.hugetlb=0')
     self.assertLen(lines.splitlines(), 1)
 
+  @pytest.mark.slow
   def test_benchmark_step_buffers_stop_faulting(self):
     """XLA's per-step temporary buffer is faulted in as 2 MiB pages."""
     cmd = ['-m', 'vit_jax.benchmark', '--model=ViT-Ti_16', '--res=64',

@@ -433,7 +433,7 @@ class BadFolderTest(absltest.TestCase):
     os.makedirs(f'{root}/train/b')
     with open(f'{root}/train/b/readme.md', 'w') as f:
       f.write('x')
-    self.assert_error(root, f'{root}/train/b: no .jpg/.jpeg/.png images',
+    self.assert_error(root, f'{root}/train/b: no images (.jpg .jpeg .png',
                       f'{root}/test/z: class not in the train split')
 
   def test_corrupt_and_wrong_format_images_are_named(self):
@@ -447,10 +447,10 @@ class BadFolderTest(absltest.TestCase):
       f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
     with open(f'{root}/test/a/garbage.JPEG', 'wb') as f:
       f.write(b'definitely not a jpeg')
-    Image.fromarray(_rgb(rng, 4, 4)).save(f'{root}/train/a/gif.png', 'GIF')
+    Image.fromarray(_rgb(rng, 4, 4)).save(f'{root}/train/a/ppm.png', 'PPM')
     self.assertEqual(ip.dataset_info(_config(root)).num_train_examples, 3)
     self.assert_error(root, '3 corrupt or unsupported', 'truncated.jpg',
-                      f'{root}/test/a/garbage.JPEG', 'GIF data',
+                      f'{root}/test/a/garbage.JPEG', 'PPM data',
                       check_images=True)
 
   def test_missing_path(self):

@@ -1,9 +1,12 @@
 """Tests for attention capture, the fused analysis and the inspect CLI on
 tiny synthetic checkpoints (no network, a few seconds)."""
 
+import contextlib
 import functools
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,6 +105,7 @@ class CliTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, cls.root)
     cls.images = os.path.join(cls.root, 'images')
     os.makedirs(cls.images)
     rng = np.random.default_rng(0)
@@ -137,6 +141,22 @@ class CliTest(absltest.TestCase):
       with Image.open(os.path.join(out, f'{name}.png')) as img:
         self.assertGreater(img.size[0], 100)
 
+  def test_without_images_writes_what_needs_none(self):
+    out = self.out_dir()
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+      status = cli.main(cli.Options(checkpoint=self.workdir, out=out))
+    self.assertEqual(status, 0)
+    self.assertEqual(sorted(os.listdir(out)),
+                     ['filters.png', 'inspect.json', 'position.png'])
+    with open(os.path.join(out, 'inspect.json')) as f:
+      self.assertEqual(json.load(f)['figures'], ['filters', 'position'])
+    self.assertIn('distance and rollout need images: pass --images',
+                  stdout.getvalue())
+    # Asked for explicitly, an attention figure without images is an error.
+    self.assert_fails_cleanly('distance need images', checkpoint=self.workdir,
+                              figures=('distance',))
+
   def test_workdir_and_posemb_resize(self):
     out = self.out_dir()
     summary = cli.run(cli.Options(
@@ -167,7 +187,7 @@ class CliTest(absltest.TestCase):
     bad = os.path.join(folder, 'broken.png')
     with open(bad, 'wb') as f:
       f.write(b'not a png')
-    self.assert_fails_cleanly('cannot decode image .*broken.png',
+    self.assert_fails_cleanly('Cannot decode image .*broken.png',
                               checkpoint=self.npz, model='testing',
                               images=f'{self.images},{folder}',
                               resolution=32)

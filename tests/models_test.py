@@ -6,6 +6,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vit_jax import models
 from vit_jax.configs import models as model_configs
@@ -181,6 +182,7 @@ class ForwardTest(parameterized.TestCase):
     self.assertEqual(model.apply({'params': params}, x, train=False).shape,
                      (3, 10))
 
+  @pytest.mark.slow
   def test_attention_capture_with_sow(self):
     model = models.get_model('testing', num_classes=3)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))

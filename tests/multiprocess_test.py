@@ -10,11 +10,13 @@ parameters must match the single process within float32 tolerance.
 
 import glob
 import os
+import shutil
 import socket
 import tempfile
 
 from absl.testing import absltest
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import resume_test
@@ -42,12 +44,14 @@ def train_losses(workdir: str) -> list[float]:
   return [losses[s] for s in sorted(losses)]
 
 
+@pytest.mark.slow
 class MultiProcessTest(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.addClassCleanup(shutil.rmtree, tmp)
     data = train_test.write_image_folder(os.path.join(tmp, 'data'))
     config = resume_test.write_config(
         os.path.join(tmp, 'config.py'), data, total_steps=STEPS,

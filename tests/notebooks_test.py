@@ -1,40 +1,67 @@
-"""Executes notebooks/*.ipynb top to bottom, headless and offline.
+"""The notebooks: sources in sync, executed top to bottom offline.
 
-Each notebook runs in a fresh IPython kernel (ipykernel's `python3` spec)
+notebooks/<name>.pct.py (jupytext percent format) is the source of
+notebooks/<name>.ipynb, which is committed with the outputs of this suite's
+run. The fast test checks that both hold the same cells and that the
+committed notebook has its outputs (figures included); the slow tests
+execute each source in a fresh IPython kernel (ipykernel's `python3` spec)
 with VIT_JAX_NOTEBOOK_SMALL=1 (a tiny model, a few steps, a few images) and
-no network; any failing cell fails the test. Also checks that the committed
-notebooks are clean and match notebooks/make_notebooks.py.
+no network; any failing cell fails the test. To refresh the committed
+outputs after editing a source:
+
+  VIT_JAX_UPDATE_NOTEBOOKS=1 python -m pytest tests/notebooks_test.py
+
+(`jupytext --sync notebooks/<name>.pct.py` updates the cells only.)
 """
 
-import importlib.util
 import os
+import re
+import shutil
 import tempfile
 
 from absl.testing import absltest
+import jupytext
 import nbclient
 import nbformat
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, 'notebooks')
+NAMES = ('vit_jax', 'inspect')
+FIGURES = {'vit_jax': 1, 'inspect': 4}  # image/png outputs of a run.
 CELL_TIMEOUT = 240  # Seconds; a train-step compile on a loaded 2-core CPU.
+UPDATE = os.environ.get('VIT_JAX_UPDATE_NOTEBOOKS') == '1'
 
 
-def _generator():
-  spec = importlib.util.spec_from_file_location(
-      'make_notebooks', os.path.join(NOTEBOOKS, 'make_notebooks.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def read_source(name: str) -> nbformat.NotebookNode:
+  """notebooks/<name>.pct.py as a notebook, with stable cell ids."""
+  nb = jupytext.read(os.path.join(NOTEBOOKS, f'{name}.pct.py'))
+  nb.metadata.get('jupytext', {}).pop('text_representation', None)
+  for i, cell in enumerate(nb.cells):
+    first = cell.source.lstrip('# ').splitlines()[0] if cell.source else ''
+    slug = re.sub(r'[^a-z0-9]+', '-', first.lower()).strip('-')[:40]
+    cell['id'] = f'{i:02d}-{slug}'
+  return nb
+
+
+def read_committed(name: str) -> nbformat.NotebookNode:
+  with open(os.path.join(NOTEBOOKS, f'{name}.ipynb'), encoding='utf-8') as f:
+    return nbformat.read(f, as_version=4)
+
+
+def _cells(nb):
+  return [(cell.cell_type, cell.source) for cell in nb.cells]
+
+
+def _outputs(nb, kind=None):
+  return [out for cell in nb.cells for out in cell.get('outputs', [])
+          if kind is None or kind in out.get('data', {})]
 
 
 def _text_outputs(nb) -> str:
   """Everything the code cells printed, in order."""
-  parts = []
-  for cell in nb.cells:
-    for out in cell.get('outputs', []):
-      if out.get('output_type') == 'stream':
-        parts.append(out['text'])
-  return ''.join(parts)
+  return ''.join(out['text'] for out in _outputs(nb)
+                 if out.get('output_type') == 'stream')
 
 
 class NotebooksTest(absltest.TestCase):
@@ -42,62 +69,89 @@ class NotebooksTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
+    cls.tmp = tempfile.mkdtemp(prefix='vit_jax_notebooks_test_')
+    cls.addClassCleanup(shutil.rmtree, cls.tmp)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('VIT_JAX_NOTEBOOK_DIR', 'VIT_JAX_INSPECT_OUT')}
+    # Outputs go to the notebooks' default ./vit_jax_work, in cls.tmp (the
+    # kernel's working directory); a missing quickstart workdir and no
+    # network: each notebook takes its offline "generated" branch.
     cls.env = dict(
-        os.environ, VIT_JAX_NOTEBOOK_SMALL='1', VIT_JAX_OFFLINE='1',
+        env, VIT_JAX_NOTEBOOK_SMALL='1', VIT_JAX_OFFLINE='1',
         JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-        # Missing: each notebook takes its offline "generated" branch.
-        VIT_JAX_QUICKSTART_WORKDIR=os.path.join(cls.tmp, 'no_quickstart'),
-        VIT_JAX_INSPECT_OUT=os.path.join(cls.tmp, 'inspect_out'))
+        VIT_JAX_QUICKSTART_WORKDIR='no_quickstart')
 
   def execute(self, name: str):
-    with open(os.path.join(NOTEBOOKS, name), encoding='utf-8') as f:
-      nb = nbformat.read(f, as_version=4)
+    nb = read_source(name)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT, kernel_name='python3',
-        resources={'metadata': {'path': self.tmp}})
+        record_timing=False, resources={'metadata': {'path': self.tmp}})
     # A failing cell raises CellExecutionError naming the cell and error.
     client.execute(env=self.env)
+    if UPDATE:
+      nbformat.validate(nb)
+      with open(os.path.join(NOTEBOOKS, f'{name}.ipynb'), 'w',
+                encoding='utf-8') as f:
+        nbformat.write(nb, f)
     return nb
 
+  @pytest.mark.slow
   def test_vit_jax_notebook(self):
-    text = _text_outputs(self.execute('vit_jax.ipynb'))
+    nb = self.execute('vit_jax')
+    text = _text_outputs(nb)
     self.assertIn('Checkpoint source: generated', text)
     self.assertIn('ViT-digits at 32 px, 10 classes', text)
     self.assertRegex(text, r'Test accuracy after 4 steps: \d+\.\d%')
     self.assertIn('model.json', text)
     self.assertIn("Reloaded ViT-digits: 10 classes ['0', '1',", text)
+    self.assertLen(_outputs(nb, 'image/png'), FIGURES['vit_jax'])
 
+  @pytest.mark.slow
   def test_inspect_notebook(self):
-    nb = self.execute('inspect.ipynb')
+    nb = self.execute('inspect')
     text = _text_outputs(nb)
-    self.assertIn('ViT-digits from', text)
+    self.assertIn('ViT-digits (generated) from', text)
     self.assertIn('4x4 patches of 8 px', text)
     self.assertIn('layer 3: heads from', text)
-    out = self.env['VIT_JAX_INSPECT_OUT']
+    out = os.path.join(self.tmp, 'vit_jax_work', 'inspect')
     self.assertCountEqual(
         os.listdir(out),
         ['filters.png', 'position.png', 'distance.png', 'rollout.png'])
-    images = [o for cell in nb.cells for o in cell.get('outputs', [])
-              if 'image/png' in o.get('data', {})]
-    self.assertLen(images, 4)
+    self.assertLen(_outputs(nb, 'image/png'), FIGURES['inspect'])
 
-  def test_committed_notebooks_are_clean_and_generated(self):
-    generator = _generator()
-    for name in ('vit_jax.ipynb', 'inspect.ipynb'):
+
+class SourcesTest(absltest.TestCase):
+  """Runs after NotebooksTest, which may update the .ipynb files."""
+
+
+  def test_committed_notebooks_match_sources_and_have_outputs(self):
+    for name in NAMES:
       with self.subTest(name):
-        path = os.path.join(NOTEBOOKS, name)
-        with open(path, encoding='utf-8') as f:
-          text = f.read()
-        nb = nbformat.reads(text, as_version=4)
-        nbformat.validate(nb)
-        for cell in nb.cells:
-          if cell.cell_type == 'code':
-            self.assertEqual(cell.outputs, [], cell.id)
-            self.assertIsNone(cell.execution_count, cell.id)
-        self.assertEqual(text, generator.render(name),
-                         f'{name} is stale: run notebooks/make_notebooks.py')
-        self.assertLess(len(text), 30_000)
+        source, committed = read_source(name), read_committed(name)
+        nbformat.validate(committed)
+        for i, (want, have) in enumerate(zip(_cells(source),
+                                             _cells(committed))):
+          self.assertEqual(
+              have, want, f'notebooks/{name}.ipynb cell {i} differs from '
+              f'{name}.pct.py: run VIT_JAX_UPDATE_NOTEBOOKS=1 python -m '
+              'pytest tests/notebooks_test.py (or jupytext --sync).')
+        self.assertLen(committed.cells, len(source.cells))
+        self.assertEqual(committed.metadata['jupytext']['formats'],
+                         'ipynb,.pct.py:percent')
+        # Committed with the suite's outputs: figures show in a preview.
+        self.assertLen(_outputs(committed, 'image/png'), FIGURES[name])
+        self.assertEmpty([o for o in _outputs(committed)
+                          if o.get('output_type') == 'error'])
+
+  def test_one_repository_url(self):
+    urls = set()
+    for name in NAMES:
+      with open(os.path.join(NOTEBOOKS, f'{name}.pct.py')) as f:
+        found = re.findall(r'^REPO_URL = (.*)$', f.read(), re.MULTILINE)
+      self.assertLen(found, 1, name)
+      urls.update(found)
+    self.assertLen(urls, 1, f'the notebooks install from different URLs: '
+                   f'{urls}')
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,10 +18,13 @@ from PIL import Image
 
 from tests import test_util
 from vit_jax import checkpoint
+from vit_jax import config_validation
 from vit_jax import export
+from vit_jax import images
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
+from vit_jax.configs import quickstart
 
 # Unit norm scales and a random head: predictions depend on the image.
 random_params = functools.partial(test_util.random_params, scale=0.5,
@@ -61,6 +65,7 @@ class PredictTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, cls.root)
     cls.model = models.build_model(TINY_VIT, num_classes=len(CLASS_NAMES))
     cls.params = random_params(cls.model, 32)
     cls.workdir = export_workdir(os.path.join(cls.root, 'work'), cls.params)
@@ -192,10 +197,22 @@ class PredictTest(absltest.TestCase):
     with self.assertRaisesRegex(predict.PredictError, '2 names'):
       predict.get_class_names(3, labels)
 
+  def test_export_untrained_reads_like_a_workdir(self):
+    config = quickstart.get_config()
+    info = input_pipeline.DatasetInfo(3, ['a', 'b', 'c'], 30, 6)
+    workdir = os.path.join(self.root, 'untrained')
+    export.export_untrained(workdir, config=config, info=info)
+    loaded = predict.load_model(workdir)
+    self.assertEqual(loaded.model_name,
+                     config_validation.model_name(config))
+    self.assertEqual(loaded.resolution, config.pp.crop)
+    self.assertEqual(loaded.class_names, ['a', 'b', 'c'])
+    self.assertEqual(loaded.params['head']['kernel'].shape[-1], 3)
+
   def test_bad_images(self):
-    with self.assertRaisesRegex(predict.PredictError, 'does not exist'):
+    with self.assertRaisesRegex(images.ImageError, 'does not exist'):
       predict.load_image(os.path.join(self.root, 'nope.png'), 32)
-    with self.assertRaisesRegex(predict.PredictError, 'Cannot decode'):
+    with self.assertRaisesRegex(images.ImageError, 'Cannot decode'):
       predict.load_image(self.bad_image, 32)
 
   def test_main_prints_top_k(self):
@@ -235,11 +252,12 @@ class PredictTest(absltest.TestCase):
         self.assertIn(message, stderr.getvalue())
 
   def test_cli_error_has_no_traceback(self):
-    result = run_cli(f'--checkpoint={self.workdir}',
-                     os.path.join(self.root, 'missing.png'))
+    result = run_cli(f'--checkpoint={self.workdir}', self.bad_image)
     self.assertEqual(result.returncode, 1, result.stderr)
-    self.assertIn('missing.png does not exist', result.stderr)
+    self.assertIn(f'Cannot decode image {self.bad_image}: not an image file. '
+                  'Pass a JPEG, PNG', result.stderr)
     self.assertNotIn('Traceback', result.stderr)
+    self.assertNotIn('function_node', result.stderr)  # TF op text.
 
 
 if __name__ == '__main__':

@@ -20,6 +20,7 @@ import sys
 import time
 
 from absl.testing import absltest
+import pytest
 
 from tests import train_test
 
@@ -124,6 +125,7 @@ def resumed_step(log: str) -> int | None:
   return int(found[-1]) if found else None
 
 
+@pytest.mark.slow
 class ResumeTest(absltest.TestCase):
 
   def setUp(self):

@@ -11,6 +11,7 @@ import sys
 
 from absl.testing import absltest
 import numpy as np
+import pytest
 
 STEPS = 4
 
@@ -71,6 +72,7 @@ print('RESULT ' + json.dumps({
 ''' % {'steps': STEPS}
 
 
+@pytest.mark.slow
 class ShardingTest(absltest.TestCase):
 
   @classmethod

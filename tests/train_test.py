@@ -8,6 +8,7 @@ from absl.testing import absltest
 import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
+import pytest
 
 from vit_jax import checkpoint
 from vit_jax import config_validation
@@ -70,6 +71,7 @@ class TrainTest(absltest.TestCase):
   def workdir(self):
     return self.create_tempdir().full_path
 
+  @pytest.mark.slow
   def test_end_to_end_artifacts(self):
     workdir = self.workdir()
     result = train.run(tiny_config(self.data), workdir)
@@ -92,6 +94,7 @@ class TrainTest(absltest.TestCase):
     # Fine-tuning moved the zero-initialised head.
     self.assertGreater(np.abs(params['head']['kernel']).max(), 0)
 
+  @pytest.mark.slow
   def test_resume_is_exact(self):
     """Stopped after the step-4 checkpoint and restarted == uninterrupted."""
     config = tiny_config(self.data, total_steps=8, checkpoint_every=4)
@@ -136,6 +139,7 @@ class TrainTest(absltest.TestCase):
 
     return mock.patch.object(input_pipeline, 'get_datasets', fake)
 
+  @pytest.mark.slow
   def test_nan_loss_stops_with_step_and_keeps_checkpoint(self):
     workdir = self.workdir()
     with self._nan_at_step(5):
@@ -144,6 +148,7 @@ class TrainTest(absltest.TestCase):
     self.assertEqual(train.latest_checkpoint_step(workdir), 4)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'model.npz')))
 
+  @pytest.mark.slow
   def test_nan_loss_at_a_checkpoint_step_is_not_saved(self):
     # Step 4 is due for a checkpoint: the step is checked before saving, so
     # the newest checkpoint is step 2, never one past the bad batch.
@@ -153,6 +158,7 @@ class TrainTest(absltest.TestCase):
         train.train_and_evaluate(tiny_config(self.data), workdir)
     self.assertEqual(train.latest_checkpoint_step(workdir), 2)
 
+  @pytest.mark.slow
   def test_nan_loss_skip_policy_continues(self):
     # At a checkpoint step (4); between checkpoints it is the same code path
     # (train_math_test checks a skipped update leaves the state untouched).

@@ -280,6 +280,33 @@ def _checked_float32(flat: Dict[str, Any], path: str) -> Dict[str, Any]:
   return out
 
 
+def read_stored(path) -> Dict[str, np.ndarray]:
+  """Every array of an `.npz`, keyed as stored in the file (no renaming).
+
+  Args:
+    path: local path, `gs://` path or `https://` URL.
+
+  Raises:
+    CheckpointError: missing, not an `.npz`, corrupt, pickled or empty.
+  """
+  path = os.fspath(path)
+  with _open(path) as f:
+    return _read_npz(f, path)
+
+
+def loaded_names(keys) -> Dict[str, str]:
+  """Stored key -> the `/`-joined key `load` gives that array.
+
+  Keys outside a stripped prefix (see `load`) are absent: `load` drops
+  them. E.g. 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel' ->
+  'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel'.
+  """
+  # Renaming a tree whose leaves are their own stored keys gives the map.
+  stripped = _strip_prefixes({k: k for k in keys})
+  renamed = _flatten(_linen_names(_unflatten(stripped)))
+  return {stored: new for new, stored in renamed.items()}
+
+
 def load(path) -> Params:
   """Loads an official (or `save`d) `.npz` into a nested dict in Linen names.
 
@@ -289,17 +316,20 @@ def load(path) -> Params:
   Returns:
     Nested dict of float32 numpy arrays with the structure of the model's
     params, e.g. `['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']
-    ['kernel']` of shape (hidden, mlp). Pre-Linen names are renumbered,
-    GroupNorm (1, 1, 1, C) leaves are squeezed to (C,), and `opt/target/` or
-    `params/` prefixes are stripped.
+    ['kernel']` of shape (hidden, mlp). Pre-Linen names are renumbered
+    (`loaded_names`), GroupNorm (1, 1, 1, C) leaves are squeezed to (C,),
+    and `opt/target/` or `params/` prefixes are stripped.
 
   Raises:
     CheckpointError: for any problem with the file; the message says which.
   """
   path = os.fspath(path)
-  with _open(path) as f:
-    flat = _read_npz(f, path)
-  flat = _checked_float32(_strip_prefixes(flat), path)
+  return from_stored(read_stored(path), source=path)
+
+
+def from_stored(stored: Dict[str, np.ndarray], *, source: str) -> Params:
+  """`load`'s conversion of `read_stored` arrays; `source` names the file."""
+  flat = _checked_float32(_strip_prefixes(stored), source)
   flat = _flatten(_linen_names(_unflatten(flat)))
   for key, x in flat.items():
     if _is_groupnorm_leaf(key) and x.ndim > 1:

@@ -7,6 +7,7 @@
       B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0
   python -m vit_jax.checkpoint download Mixer-B_16 --dataset=imagenet1k
   python -m vit_jax.checkpoint inspect checkpoints/ViT-B_16.npz
+  python -m vit_jax.checkpoint inspect /tmp/quickstart  # A workdir.
 
 Files come from `https://storage.googleapis.com/<bucket>/<path>`; `--base_url`
 or $VIT_JAX_CHECKPOINT_BASE_URL replaces the host (a mirror, or a local
@@ -18,12 +19,15 @@ renamed to `<file>`.
 """
 
 import argparse
+import collections
 import http.client
 import os
 import re
+import socket
 import sys
-from typing import Optional
+from typing import List, Optional
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from absl import logging
@@ -34,6 +38,7 @@ import tqdm
 
 from vit_jax import checkpoint
 from vit_jax import checkpoint_names
+from vit_jax import export
 from vit_jax import models
 
 CheckpointError = checkpoint.CheckpointError
@@ -48,6 +53,24 @@ Source = checkpoint_names.Source
 resolve = checkpoint_names.resolve
 how_to_get = checkpoint_names.how_to_get
 _CHUNK = 1 << 20
+
+
+def reachable(base_url: Optional[str] = None, *,
+              timeout: float = 3.0) -> bool:
+  """True if the checkpoint host accepts a connection within `timeout` s.
+
+  A quick online check before `download` (e.g. in the notebooks); the host
+  is the one `download` would use (`base_url`, $VIT_JAX_CHECKPOINT_BASE_URL
+  or storage.googleapis.com).
+  """
+  base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+  parts = urllib.parse.urlsplit(base)
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  try:
+    socket.create_connection((parts.hostname, port), timeout=timeout).close()
+  except OSError:
+    return False
+  return True
 
 
 def _total_from_content_range(value: Optional[str]) -> Optional[int]:
@@ -199,14 +222,68 @@ def download(name: str, *, directory: str = 'checkpoints',
 
 
 def inspect_file(path: str) -> None:
-  """Prints every key with its shape, then the parameter count."""
-  flat = traverse_util.flatten_dict(checkpoint.load(path), sep='/')
-  width = max(len(k) for k in flat)
-  for key, x in flat.items():
-    print(f'{key:<{width}}  {x.shape}')
-  floats = sum(x.size for x in flat.values())
-  print(f'{len(flat)} arrays, {floats:,} parameters '
-        f'({floats * 4 / 2**20:.2f} MiB as float32), Linen names.')
+  """Prints a checkpoint's keys and shapes as stored, then what loading does.
+
+  Args:
+    path: an `.npz` (local, gs://, https://) or a training workdir (its
+      model.npz), as `predict` and `inspect` accept.
+  """
+  npz = export.npz_path(path)
+  if os.path.isdir(path) and not os.path.isfile(npz):
+    raise CheckpointError(
+        f'{path} is a directory without {export.MODEL_NPZ}: training writes '
+        'it into its workdir when it finishes (config.export=True). Pass a '
+        'finished workdir or an .npz file.')
+  stored = checkpoint.read_stored(npz)
+  loaded = traverse_util.flatten_dict(
+      checkpoint.from_stored(stored, source=npz), sep='/')
+  width = max(len(k) for k in stored)
+  print(f'{npz}: keys as stored in the file')
+  for key, x in stored.items():
+    print(f'  {key:<{width}}  {x.shape}')
+  floats = sum(x.size for x in stored.values())
+  print(f'{len(stored)} arrays, {floats:,} parameters '
+        f'({floats * 4 / 2**20:.2f} MiB as float32).')
+  print('\n'.join(load_changes(stored, loaded)))
+
+
+def _keys(n: int) -> str:
+  return f'{n} key' if n == 1 else f'{n} keys'
+
+
+def load_changes(stored, loaded) -> List[str]:
+  """Lines saying how `checkpoint.load` renames and reshapes `stored`.
+
+  Args:
+    stored: {key as in the file: array}, from `checkpoint.read_stored`.
+    loaded: the same flattened as `checkpoint.load` returns it.
+  """
+  names = checkpoint.loaded_names(stored)
+  renames = collections.Counter()
+  reshapes = collections.Counter()
+  for key, new in names.items():
+    old_parts, new_parts = key.split('/'), new.split('/')
+    if len(old_parts) > len(new_parts):
+      cut = len(old_parts) - len(new_parts)
+      renames['/'.join(old_parts[:cut]) + '/', ''] += 1
+    for old_part, new_part in zip(old_parts[-len(new_parts):], new_parts):
+      if old_part != new_part:
+        renames[old_part, new_part] += 1
+    shape = tuple(loaded[new].shape)
+    if shape != stored[key].shape:
+      reshapes[stored[key].shape, shape] += 1
+  if not renames and not reshapes and len(names) == len(stored):
+    return ['checkpoint.load keeps these names and shapes.']
+  lines = ['checkpoint.load (so predict, inspect and fine-tuning) changes:']
+  for (old, new), n in sorted(renames.items()):
+    change = f'drops the prefix {old}' if not new else f'{old} -> {new}'
+    lines.append(f'  {change}  ({_keys(n)})')
+  for (old, new), n in sorted(reshapes.items()):
+    lines.append(f'  shape {old} -> {new}  ({_keys(n)}, GroupNorm)')
+  if len(names) < len(stored):
+    lines.append(f'  ignores {_keys(len(stored) - len(names))} outside '
+                 'that prefix')
+  return lines
 
 
 def main(argv=None) -> int:
@@ -226,8 +303,10 @@ def main(argv=None) -> int:
                    help=f'host to use instead of {DEFAULT_BASE_URL} '
                    f'(or set ${BASE_URL_ENV})')
   get.add_argument('--force', action='store_true', help='download again')
-  show = commands.add_parser('inspect', help='print keys, shapes and sizes')
-  show.add_argument('file')
+  show = commands.add_parser(
+      'inspect', help='print keys and shapes as stored, size, and the '
+      'renames loading applies')
+  show.add_argument('file', help='an .npz file or a training workdir')
   args = parser.parse_args(argv)
   try:
     if args.command == 'download':

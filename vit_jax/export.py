@@ -82,6 +82,28 @@ def export_model(workdir: str, *, params: Any, config, info) -> str:
   return path
 
 
+def export_untrained(workdir: str, *, config, info, seed: int = 0) -> str:
+  """Exports a freshly initialised model of `config` like a finished run.
+
+  The offline stand-in for a trained model (the notebooks use it when there
+  is neither a workdir nor the network): `predict`, `inspect` and
+  fine-tuning read the result as they read a training workdir.
+
+  Args:
+    workdir: where model.npz and model.json are written.
+    config: a training config (its model, model_name, pp.crop, dataset).
+    info: the dataset's `input_pipeline.DatasetInfo` (classes and names).
+    seed: initialisation seed.
+
+  Returns:
+    The path of model.npz.
+  """
+  model = models.build_model(config.model, num_classes=info.num_classes)
+  x = np.zeros((1, config.pp.crop, config.pp.crop, 3), np.float32)
+  params = model.init(jax.random.PRNGKey(seed), x, train=False)['params']
+  return export_model(workdir, params=params, config=config, info=info)
+
+
 def _to_config(d: Dict[str, Any]) -> ml_collections.ConfigDict:
   """JSON lists back to tuples (patch sizes, ResNet stages)."""
   fix = lambda v: tuple(v) if isinstance(v, list) else v  # pylint: disable=g-long-lambda
@@ -125,13 +147,13 @@ def read_metadata(path: str) -> Dict[str, Any]:
 def load_exported(path: str, **model_kwargs) -> Tuple[Any, Any, Dict]:
   """(model, params, metadata) from a workdir or an exported model.npz."""
   meta = read_metadata(path)
-  params = checkpoint.load(_npz_path(path))
+  params = checkpoint.load(npz_path(path))
   model = models.build_model(meta['model'], num_classes=meta['num_classes'],
                              **model_kwargs)
   return model, params, meta
 
 
-def _npz_path(path: str) -> str:
+def npz_path(path: str) -> str:
   """The model.npz of a workdir, or of its model.json; else `path`."""
   if os.path.isdir(path):
     return os.path.join(path, MODEL_NPZ)
@@ -223,7 +245,7 @@ def load_model(checkpoint_path: str, model_name: Optional[str] = None,
           f'--model={model_name} disagrees with {path}, whose model.json '
           f'says {meta["model_name"]}; drop --model.')
     model_name, config = meta['model_name'], meta['model']
-    npz = _npz_path(path)
+    npz = npz_path(path)
     resolution = resolution or meta.get('resolution')
   else:
     if not model_name:

@@ -17,7 +17,10 @@ global batch, whatever P is (it reads, but does not decode, the others').
 
 Preprocessing is the original's: train = Inception crop, resize to crop x
 crop, random flip; eval = resize to crop x crop; both map [0, 255] to
-[-1, 1] with `normalize`.
+[-1, 1] with `normalize`. Decoding, the eval resize and `normalize` live in
+images.py (shared with predict, inspect and the notebooks); image folders
+accept its formats (JPEG, PNG, GIF, BMP, WebP, TIFF), log how many images
+each split and class has, and skip other files with a warning.
 """
 
 import collections
@@ -30,18 +33,18 @@ from typing import Any, Dict, Iterator, Optional
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import utils
 from vit_jax import digits as digits_lib
+from vit_jax import images
 from vit_jax.configs import common
 
-_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # Compared lower-cased.
-_FORMATS = ('JPEG', 'PNG')  # What PIL must find inside those files.
 _MAX_LISTED = 10  # Problems spelled out in one error message.
+_MAX_CLASS_ROWS = 30  # Classes listed one per line in the folder summary.
+_NAMES = ' '.join(images.EXTENSIONS)  # Image file names, for messages.
 # Inception crop settings of the original (TF defaults, spelled out).
 _ASPECT_RATIO_RANGE = (0.75, 1.33)
 _MAX_ATTEMPTS = 100
@@ -72,31 +75,11 @@ class _Source:
   from_files: bool  # data is a file path (else encoded image bytes).
 
 
-def normalize(image):
-  """Maps pixel values [0, 255] to [-1, 1]: (x - 127.5) / 127.5, float32.
-
-  Works on tf tensors, numpy and jax arrays of any shape.
-  """
-  if tf.is_tensor(image):
-    image = tf.cast(image, tf.float32)
-  elif hasattr(image, 'astype'):
-    image = image.astype(np.float32)
-  else:
-    image = np.asarray(image, np.float32)
-  return (image - 127.5) / 127.5
-
-
-def preprocess_for_eval(image_uint8, crop: int) -> tf.Tensor:
-  """Eval preprocessing: bilinear resize to crop x crop, then `normalize`.
-
-  Args:
-    image_uint8: uint8 (h, w, 3) or (batch, h, w, 3), values 0..255.
-    crop: output side (pixels). The aspect ratio is not kept (original).
-
-  Returns:
-    float32 (crop, crop, 3) (or batched) in [-1, 1].
-  """
-  return normalize(tf.image.resize(image_uint8, [crop, crop]))
+# The one decoder, eval resize and normalisation (also used by predict,
+# inspect and the notebooks) live in images.py; these names stay here too.
+normalize = images.normalize
+preprocess_for_eval = images.preprocess_for_eval
+decode_image = images.decode_image
 
 
 def preprocess_for_train(
@@ -125,11 +108,6 @@ def preprocess_for_train(
   if flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return normalize(image)
-
-
-def decode_image(data) -> tf.Tensor:
-  """Encoded JPEG/PNG bytes -> uint8 (h, w, 3) RGB (gray/RGBA/CMYK too)."""
-  return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
 def validate_config(config, *, process_count: int | None = None) -> None:
@@ -497,39 +475,47 @@ def _list_split(root: str, split: str,
       listing.problems.append(f'{folder}/{name}: class not in the train split')
       continue
     files = _files_under(os.path.join(folder, name))
-    images = [f for f in files if f.lower().endswith(_EXTENSIONS)]
-    listing.skipped += [f for f in files if not f.lower().endswith(_EXTENSIONS)]
-    if not images:
-      listing.problems.append(f'{folder}/{name}: no .jpg/.jpeg/.png images')
-    listing.paths += images
-    listing.labels += [listing.classes.index(name)] * len(images)
+    found_images = [f for f in files if images.is_image_name(f)]
+    listing.skipped += [f for f in files if not images.is_image_name(f)]
+    if not found_images:
+      listing.problems.append(f'{folder}/{name}: no images ({_NAMES})')
+    listing.paths += found_images
+    listing.labels += [listing.classes.index(name)] * len(found_images)
   return listing
-
-
-def _image_problem(path: str) -> str | None:
-  """Why PIL cannot decode path as a JPEG/PNG, or None if it can."""
-  try:
-    with Image.open(path) as image:
-      if image.format not in _FORMATS:
-        return f'{image.format} data, expected JPEG or PNG'
-      image.draft('RGB', (1, 1))  # JPEG: 1/8 scale, still reads all data.
-      image.load()
-  except Exception as e:  # pylint: disable=broad-except
-    return f'{type(e).__name__}: {e}'
-  return None
 
 
 def _check_images(paths: list[str]) -> None:
   """Decodes every image once with PIL; raises naming the corrupt ones."""
   workers = min(32, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    problems = list(pool.map(_image_problem, paths))
+    problems = list(pool.map(images.image_problem, paths))
   bad = [f'{p}: {why}' for p, why in zip(paths, problems) if why]
   if bad:
     raise DatasetError(
         f'{len(bad)} corrupt or unsupported image(s); fix or remove them:\n'
         '  - ' + '\n  - '.join(bad[:_MAX_LISTED])
         + ('\n  ...' if len(bad) > _MAX_LISTED else ''))
+
+
+def _folder_summary(root: str, config, train: _Listing,
+                    test: _Listing) -> str:
+  """A table of the images found per class and split, for the log."""
+  splits = (config.pp.train, config.pp.test)
+  counts = [np.bincount(s.labels, minlength=len(train.classes))
+            for s in (train, test)]
+  width = max(len(n) for n in train.classes + ['class'])
+  lines = [f'Image folder {root}: {len(train.classes)} classes, '
+           f'{len(train.paths)} {splits[0]} and {len(test.paths)} '
+           f'{splits[1]} images',
+           f'  {"class":<{width}}  {splits[0]:>7}  {splits[1]:>7}']
+  for i, name in enumerate(train.classes[:_MAX_CLASS_ROWS]):
+    lines.append(f'  {name:<{width}}  {counts[0][i]:>7}  {counts[1][i]:>7}')
+  if len(train.classes) > _MAX_CLASS_ROWS:
+    rest = [c[_MAX_CLASS_ROWS:] for c in counts]
+    lines.append(f'  ... {len(rest[0])} more classes: {splits[0]} '
+                 f'{rest[0].min()}-{rest[0].max()}, {splits[1]} '
+                 f'{rest[1].min()}-{rest[1].max()} images per class')
+  return '\n'.join(lines)
 
 
 def _folder_source(root: str, config, check_images: bool) -> _Source:
@@ -541,13 +527,14 @@ def _folder_source(root: str, config, check_images: bool) -> _Source:
     raise DatasetError(
         f'Image folder {root} is not usable (expected '
         f'{config.pp.train}/<class>/<image> and {config.pp.test}/<class>/'
-        '<image>, images .jpg/.jpeg/.png):\n  - ' + '\n  - '.join(problems))
+        f'<image>, images {_NAMES}):\n  - ' + '\n  - '.join(problems))
   skipped = train.skipped + test.skipped
   if skipped:  # Documented choice: other files are ignored, not fatal.
     logging.warning('Skipping %d non-image file(s) in %s, e.g. %s',
                     len(skipped), root, skipped[:3])
-  if check_images:
+  if check_images:  # Once per run (get_datasets), not for dataset_info.
     _check_images(train.paths + test.paths)
+    logging.info('%s', _folder_summary(root, config, train, test))
   # A fixed permutation plays the role of tfds's pre-shuffled records, so a
   # shuffle buffer smaller than the folder still mixes the classes.
   order = np.random.RandomState(0).permutation(len(train.paths))

@@ -17,9 +17,9 @@ prints, for every image, the top-k labels with their softmax probabilities.
   imagenet21k+imagenet2012). Another `--resolution` resizes the position
   embedding as fine-tuning does (`checkpoint.interpolate_posembed`).
 
-Images go through the project's one eval preprocessing: decode, bilinear
-resize to resolution x resolution, [0, 255] -> [-1, 1]
-(`input_pipeline.preprocess_for_eval`).
+Images (JPEG, PNG, GIF, BMP, WebP, TIFF) go through the project's one
+image loader, `images.load_image`: the eval pipeline's decode, bilinear
+resize to resolution x resolution and [0, 255] -> [-1, 1].
 
 Class names, first match wins: `--labels=FILE` (one name per line, e.g.
 ImageNet lemmas for 1k/21k heads), model.json's `class_names`, the ImageNet
@@ -40,7 +40,6 @@ of another model) prints one message and exits with status 1.
 
 import argparse
 import importlib.resources
-import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -50,10 +49,9 @@ if __name__ == '__main__':  # First, before the heavy imports: see host.py.
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from vit_jax import export
-from vit_jax import input_pipeline
+from vit_jax import images as images_lib
 from vit_jax import utils
 from vit_jax.inspect import analysis
 
@@ -120,21 +118,9 @@ def get_class_names(num_classes: int, labels: Optional[str] = None,
   return [str(i) for i in range(num_classes)]
 
 
-def load_image(path: str, resolution: int) -> np.ndarray:
-  """One image file -> float32 (resolution, resolution, 3) in [-1, 1]."""
-  if not os.path.isfile(path):
-    raise PredictError(f'Image {path} does not exist.')
-  try:
-    image = input_pipeline.decode_image(tf.io.read_file(path))
-  except tf.errors.OpError as e:
-    raise PredictError(f'Cannot decode image {path} (JPEG, PNG, GIF or BMP '
-                       f'expected): {e.message.splitlines()[0]}') from None
-  return input_pipeline.preprocess_for_eval(image, resolution).numpy()
-
-
-def load_images(paths: Sequence[str], resolution: int) -> np.ndarray:
-  """Image files -> float32 (len(paths), resolution, resolution, 3)."""
-  return np.stack([load_image(p, resolution) for p in paths])
+# The project's one image loader (also inspect's and the notebooks').
+load_image = images_lib.load_image
+load_images = images_lib.load_images
 
 
 def predict(model, params, images, *, top_k: int = 5,
@@ -183,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
       prog='python -m vit_jax.predict',
       description='Top-k class predictions of a ViT/Mixer checkpoint.')
   parser.add_argument('images', nargs='+', metavar='IMAGE',
-                      help='image files (JPEG, PNG, GIF, BMP)')
+                      help='image files (JPEG, PNG, GIF, BMP, WebP, TIFF)')
   parser.add_argument('--checkpoint', required=True,
                       help='training workdir, its model.npz, or an official '
                       '.npz file')
@@ -207,8 +193,7 @@ def run(args: argparse.Namespace) -> List[Prediction]:
   if args.top_k < 1 or args.batch_size < 1:
     raise PredictError('--top_k and --batch_size must be >= 1.')
   for path in args.images:  # Before the (slow) checkpoint load.
-    if not os.path.isfile(path):
-      raise PredictError(f'Image {path} does not exist.')
+    images_lib.check_image(path)
   loaded = load_model(args.checkpoint, args.model, args.resolution)
   names = get_class_names(loaded.model.num_classes, args.labels,
                           loaded.class_names)
@@ -229,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   try:
     run(args)
-  except errors.USER_ERRORS + (PredictError,) as e:
+  except errors.USER_ERRORS + (PredictError,) as e:  # ImageError too.
     print(f'vit_jax.predict: {e}', file=sys.stderr)
     return 1
   return 0

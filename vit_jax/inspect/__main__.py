@@ -13,7 +13,6 @@ from absl import flags
 
 from vit_jax import utils
 from vit_jax.inspect import cli
-from vit_jax.inspect import report
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'Registered model name, e.g. ViT-B_16; optional when '
@@ -24,8 +23,9 @@ _IMAGES = flags.DEFINE_string(
     'images', '', 'Comma-separated image files and/or folders (needed for '
     'distance and rollout).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (created).')
-_FIGURES = flags.DEFINE_list('figures', list(report.FIGURES),
-                             'Subset of filters,position,distance,rollout.')
+_FIGURES = flags.DEFINE_list(
+    'figures', None, 'Subset of filters,position,distance,rollout; default: '
+    'all four with --images, else filters,position.')
 _RESOLUTION = flags.DEFINE_integer(
     'resolution', None, 'Square input size in pixels (default: the '
     "workdir's, else 224).")
@@ -49,7 +49,8 @@ def _main(argv):
   utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   opts = cli.Options(
       checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
-      images=_IMAGES.value, figures=tuple(_FIGURES.value),
+      images=_IMAGES.value,
+      figures=None if _FIGURES.value is None else tuple(_FIGURES.value),
       resolution=_RESOLUTION.value, max_images=_MAX_IMAGES.value,
       batch_size=_BATCH_SIZE.value, rollout_images=_ROLLOUT_IMAGES.value,
       renormalize=_RENORMALIZE.value)

@@ -4,7 +4,9 @@
       --images=path/to/folder --out=/tmp/inspect
 
 writes `filters.png`, `position.png`, `distance.png`, `rollout.png` (those
-selected with --figures) and `inspect.json` into --out. Everything is
+selected with --figures) and `inspect.json` into --out. Without --images
+and --figures it writes the two figures that need no images (filters,
+position) and says that distance and rollout need --images. Everything is
 computed before anything is written, and files are staged in a temporary
 folder inside --out and renamed into place, so a failure leaves no
 half-written files. Errors print one paragraph and exit with status 1.
@@ -27,12 +29,23 @@ class Options(NamedTuple):
   out: str
   model: Optional[str] = None
   images: str = ''
-  figures: Sequence[str] = report.FIGURES
+  figures: Optional[Sequence[str]] = None  # None: all the inputs allow.
   resolution: Optional[int] = None
   max_images: int = 128
   batch_size: int = 32
   rollout_images: int = 16
   renormalize: bool = False
+
+
+def _figures(opts: Options) -> Sequence[str]:
+  """--figures, or by default all four (only filters, position without
+  images, which the attention figures need)."""
+  if opts.figures is not None:
+    return tuple(opts.figures)
+  if opts.images:
+    return report.FIGURES
+  return tuple(f for f in report.FIGURES
+               if f not in report.ATTENTION_FIGURES)
 
 
 def _check_options(opts: Options) -> None:
@@ -84,6 +97,7 @@ def _publish(stage: str, out: str) -> None:
 
 def run(opts: Options) -> dict:
   """Computes, renders and writes everything; returns the JSON summary."""
+  opts = opts._replace(figures=_figures(opts))
   _check_options(opts)
   paths = []
   if set(opts.figures) & set(report.ATTENTION_FIGURES):
@@ -122,4 +136,7 @@ def main(opts: Options, show_traceback: bool = False) -> int:
     return 1
   print(f'Wrote {", ".join(summary["files"].values())} and inspect.json to '
         f'{opts.out}')
+  if not opts.images and opts.figures is None:
+    print(f'{" and ".join(report.ATTENTION_FIGURES)} need images: pass '
+          '--images=FOLDER_OR_FILES to write them too.')
   return 0

@@ -1,0 +1,162 @@
+"""Image files -> model inputs: the project's one decoder and eval resize.
+
+The input pipeline (image folders, tfds bytes), `predict`, `inspect` and the
+notebooks all decode, resize and normalise here, so a file gives the same
+float32 pixels wherever it is read.
+
+- Formats (`FORMATS`): JPEG (also the MPO variant that cameras write), PNG,
+  GIF (first frame), BMP and WebP are decoded by `tf.io.decode_image`; TIFF,
+  which TensorFlow cannot decode, by PIL on the host (inside tf.data as a
+  `tf.numpy_function`). The format is read from the bytes, not the name.
+  Grey, palette, alpha and CMYK images become RGB.
+- Eval preprocessing (the original's): bilinear resize of the whole image to
+  crop x crop (aspect ratio not kept), then [0, 255] -> [-1, 1] with
+  `normalize`.
+- `EXTENSIONS` decides which files of a folder are images (image-folder
+  datasets, `inspect --images=FOLDER`).
+"""
+
+import io
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from vit_jax import errors
+
+# PIL format name -> file extensions (compared lower-cased).
+FORMATS = {
+    'JPEG': ('.jpg', '.jpeg'),
+    'MPO': (),  # Multi-picture JPEG from cameras, named .jpg.
+    'PNG': ('.png',),
+    'GIF': ('.gif',),
+    'BMP': ('.bmp',),
+    'WEBP': ('.webp',),
+    'TIFF': ('.tif', '.tiff'),
+}
+EXTENSIONS = tuple(e for names in FORMATS.values() for e in names)
+FORMAT_NAMES = 'JPEG, PNG, GIF, BMP, WebP or TIFF'  # For messages.
+# TIFF (little/big endian, classic/BigTIFF): the one format TF cannot decode.
+_TIFF_MAGIC = (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+')
+
+
+class ImageError(errors.UserError):
+  """An image file is missing or cannot be decoded; says what to do."""
+
+
+def is_image_name(path: str) -> bool:
+  """True if the file name has one of `EXTENSIONS` (any case)."""
+  return path.lower().endswith(EXTENSIONS)
+
+
+def normalize(image):
+  """Maps pixel values [0, 255] to [-1, 1]: (x - 127.5) / 127.5, float32.
+
+  Works on tf tensors, numpy and jax arrays of any shape.
+  """
+  if tf.is_tensor(image):
+    image = tf.cast(image, tf.float32)
+  elif hasattr(image, 'astype'):
+    image = image.astype(np.float32)
+  else:
+    image = np.asarray(image, np.float32)
+  return (image - 127.5) / 127.5
+
+
+def preprocess_for_eval(image_uint8, crop: int) -> tf.Tensor:
+  """Eval preprocessing: bilinear resize to crop x crop, then `normalize`.
+
+  Args:
+    image_uint8: uint8 (h, w, 3) or (batch, h, w, 3), values 0..255.
+    crop: output side (pixels). The aspect ratio is not kept (original).
+
+  Returns:
+    float32 (crop, crop, 3) (or batched) in [-1, 1].
+  """
+  return normalize(tf.image.resize(image_uint8, [crop, crop]))
+
+
+def _pil_rgb(data) -> np.ndarray:
+  if isinstance(data, np.ndarray):  # 0-d object array (eager mode).
+    data = data.item()  # Not np.asarray: 'S' arrays drop trailing NULs.
+  with Image.open(io.BytesIO(data)) as image:
+    if image.mode.startswith('I;16'):  # 16-bit grey (scans, microscopy).
+      # The top 8 bits, as tf.io.decode_image does for 16-bit PNGs.
+      grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+      return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert('RGB'), np.uint8)
+
+
+def decode_image(data) -> tf.Tensor:
+  """Encoded image bytes (any of `FORMATS`) -> uint8 (h, w, 3) RGB.
+
+  Works eagerly and inside tf.data; TIFF goes through PIL (see the module
+  docstring), everything else through `tf.io.decode_image`.
+  """
+  data = tf.convert_to_tensor(data, tf.string)
+  head = tf.strings.substr(data, 0, 4)
+  is_tiff = tf.reduce_any(tf.equal(head, _TIFF_MAGIC))
+
+  def with_pil():
+    image = tf.numpy_function(_pil_rgb, [data], tf.uint8, stateful=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+  def with_tf():
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+  return tf.cond(is_tiff, with_pil, with_tf)
+
+
+def image_problem(path: str) -> Optional[str]:
+  """Why `path` is not a decodable image of `FORMATS`, or None if it is.
+
+  Decodes the whole file with PIL (JPEG at 1/8 scale, which still reads all
+  of its data), so truncated files are caught too.
+  """
+  try:
+    with Image.open(path) as image:
+      if image.format not in FORMATS:
+        return f'{image.format} data, expected {FORMAT_NAMES}'
+      image.draft('RGB', (1, 1))
+      image.load()
+  except Image.UnidentifiedImageError:
+    return 'not an image file'
+  except Exception as e:  # pylint: disable=broad-except
+    return f'{type(e).__name__}: {e}'
+  return None
+
+
+def check_image(path: str) -> None:
+  """Raises ImageError (what and what to do) unless `path` is an image."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ImageError(f'Image {path} does not exist.')
+  problem = image_problem(path)  # Before TF, whose errors are op dumps.
+  if problem:
+    raise ImageError(f'Cannot decode image {path}: {problem}. Pass a '
+                     f'{FORMAT_NAMES} image instead.')
+
+
+def load_image(path: str, resolution: int) -> np.ndarray:
+  """One image file -> float32 (resolution, resolution, 3) in [-1, 1].
+
+  Exactly the eval pipeline's pixels: `decode_image`, then
+  `preprocess_for_eval`.
+
+  Raises:
+    ImageError: the file is missing or not a decodable image.
+  """
+  check_image(path)
+  with open(path, 'rb') as f:
+    image = decode_image(f.read())
+  return preprocess_for_eval(image, resolution).numpy()
+
+
+def load_images(paths: Sequence[str], resolution: int) -> np.ndarray:
+  """Image files -> float32 (len(paths), resolution, resolution, 3)."""
+  out = np.empty((len(paths), resolution, resolution, 3), np.float32)
+  for i, path in enumerate(paths):
+    out[i] = load_image(path, resolution)
+  return out
