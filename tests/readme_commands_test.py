@@ -102,7 +102,11 @@ class ReadmeCommandsTest(absltest.TestCase):
     return command
 
   def run_command(self, command):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    # A fresh HOME: nothing of this machine's (~/.cache, a timm venv in
+    # ~/.venvs) changes what the commands do, and nothing is left there.
+    home = os.path.join(self.tmp, 'home')
+    os.makedirs(home, exist_ok=True)
+    env = dict(os.environ, HOME=home, PYTHONPATH=os.pathsep.join(
         [os.path.join(ROOT, 'tests', 'offline_site'), ROOT]),
                VIT_JAX_TEST_NETWORK_LOG=os.path.join(self.tmp, 'network.log'),
                TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')

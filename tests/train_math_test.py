@@ -17,7 +17,6 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from vit_jax import models
 from vit_jax import train

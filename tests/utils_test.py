@@ -8,6 +8,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jaxlib
 
+from vit_jax import host
 from vit_jax import utils
 
 
@@ -59,21 +60,21 @@ class XlaFlagsTest(absltest.TestCase):
   def test_adds_flags_and_keeps_the_users(self):
     with mock.patch.dict(os.environ, {'XLA_FLAGS': '--xla_foo=1'}), \
         mock.patch.object(jaxlib, '__version__', '0.10.2'):
-      value = utils.set_xla_flags()
+      value = host.set_xla_flags()
       self.assertEqual(value, os.environ['XLA_FLAGS'])
-    self.assertEqual(value.split(), ['--xla_foo=1', *utils.XLA_CPU_FLAGS])
+    self.assertEqual(value.split(), ['--xla_foo=1', *host.XLA_CPU_FLAGS])
 
   def test_a_flag_the_user_set_wins(self):
-    name = utils.XLA_CPU_FLAGS[0].split('=')[0]
+    name = host.XLA_CPU_FLAGS[0].split('=')[0]
     with mock.patch.dict(os.environ, {'XLA_FLAGS': f'{name}=+dot'}), \
         mock.patch.object(jaxlib, '__version__', '0.10.2'):
-      self.assertEqual(utils.set_xla_flags(), f'{name}=+dot')
+      self.assertEqual(host.set_xla_flags(), f'{name}=+dot')
 
   def test_skipped_on_unmeasured_jaxlib(self):
     # XLA aborts on unknown flags: never pass the experimental one blindly.
     with mock.patch.dict(os.environ, {'XLA_FLAGS': ''}), \
         mock.patch.object(jaxlib, '__version__', '0.11.0'):
-      self.assertEqual(utils.set_xla_flags(), '')
+      self.assertEqual(host.set_xla_flags(), '')
       self.assertEqual(os.environ['XLA_FLAGS'], '')
 
 

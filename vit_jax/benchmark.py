@@ -44,8 +44,8 @@ NO_CPU_TUNING = '--no_cpu_tuning'
 if __name__ == '__main__':  # First, before the heavy imports: see host.py.
   import sys  # pylint: disable=g-import-not-at-top
   from vit_jax import host  # pylint: disable=g-import-not-at-top
-  if NO_CPU_TUNING not in sys.argv:
-    host.rerun_with_huge_pages()
+  # The speed tool: CPU tuning on unless --no_cpu_tuning.
+  _CPU_TUNING = host.prepare_command(sys.argv, default=True)
 
 import jax
 import jax.numpy as jnp
@@ -53,14 +53,15 @@ import ml_collections
 import numpy as np
 
 from vit_jax import config_validation
+from vit_jax import host
 from vit_jax import partitioning
 from vit_jax import train
 from vit_jax import utils
 from vit_jax.configs import common
 
 DEFAULT_CACHE = '~/.cache/vit_jax/jax'
-# The XLA:CPU flags that main.py also sets (see utils.XLA_CPU_FLAGS).
-DEFAULT_XLA_FLAGS = utils.XLA_CPU_FLAGS
+# The XLA:CPU flags of --cpu_tuning (see host.XLA_CPU_FLAGS).
+DEFAULT_XLA_FLAGS = host.XLA_CPU_FLAGS
 _CACHE_EVENTS = {'hits': 0, 'misses': 0}
 _TIMES = {'trace_s': 0.0}  # Tracing + lowering part of the last compile_s.
 
@@ -71,7 +72,7 @@ def host_setup(*, xla_flags: Sequence[str] = (),
 
   Flags already present in $XLA_FLAGS win over `xla_flags`.
   """
-  utils.set_xla_flags(xla_flags)
+  host.set_xla_flags(xla_flags)
   utils.enable_compilation_cache(cache_dir, min_compile_time_secs=0)
 
 
@@ -271,6 +272,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  if NO_CPU_TUNING not in sys.argv:
+  if _CPU_TUNING:
     host.freeze_imported_objects()  # Imports done: see host.py.
   main()

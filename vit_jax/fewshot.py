@@ -39,7 +39,7 @@ from typing import Tuple
 
 if __name__ == '__main__':  # First, before the heavy imports: see host.py.
   from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.rerun_with_huge_pages()
+  _CPU_TUNING = host.prepare_command(sys.argv)
 
 import jax
 import jax.numpy as jnp
@@ -311,6 +311,9 @@ def _parser() -> argparse.ArgumentParser:
       description='Few-shot linear accuracy of a checkpoint\'s pre-logits '
       'features.')
   add = parser.add_argument
+  add('--cpu_tuning', action='store_true',
+      help='CPU only: XLA:CPU flags, huge pages, a frozen GC (README '
+      '"Speed"; applied by host.prepare_command)')
   add('--checkpoint', required=True,
       help='training workdir, its model.npz, or an official .npz file')
   add('--model', default=None, help='registered model name (e.g. ViT-B_16); '
@@ -409,7 +412,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   args = _parser().parse_args(argv)
-  utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   try:
     run(args)
   except errors.UserError as e:  # FewshotError is a DatasetError.
@@ -419,5 +421,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  host.freeze_imported_objects()  # Imports done: see host.py.
+  if _CPU_TUNING:
+    host.freeze_imported_objects()  # Imports done: see host.py.
   sys.exit(main())

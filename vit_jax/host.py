@@ -26,8 +26,9 @@ import logging
 import os
 import platform
 import sys
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+_log = logging.getLogger(__name__)
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
 THP_MODE_PATH = '/sys/kernel/mm/transparent_hugepage/enabled'
 _MIN_GLIBC = (2, 35)  # The first glibc with glibc.malloc.hugetlb.
@@ -100,3 +101,66 @@ def freeze_imported_objects() -> None:
   stay in memory for good.
   """
   gc.freeze()
+
+
+# XLA:CPU flags for ViT, measured on jaxlib 0.10 (bench/RESULTS.md): route
+# dots, reductions and elementwise ops through XLA's own emitters and Eigen
+# rather than YNNPACK fusions (YNNPACK keeps only the patch-embedding conv).
+# YNNPACK fused each attention (two batched dots and the softmax) into one
+# kernel that ran at ~24 GFLOP/s; without it ViT-Ti/16 inference is 1.9x and
+# ViT-B/16 inference 1.1x faster, training unchanged. They only touch the
+# CPU backend. The flag is experimental, and XLA aborts on unknown flags, so
+# it is set only for jaxlib versions where it was measured.
+XLA_CPU_FLAGS = (
+    '--xla_cpu_experimental_ynn_fusion_type='
+    '-individual_dot,-dot,-reduce,-eltwise',)
+XLA_CPU_FLAGS_JAXLIB = ((0, 10),)  # (major, minor) versions measured.
+
+
+def set_xla_flags(xla_flags: Sequence[str] = XLA_CPU_FLAGS) -> str:
+  """Adds `xla_flags` to $XLA_FLAGS; returns the resulting value.
+
+  Call before JAX creates its backends (the first `jax.devices()` or
+  computation); later calls have no effect on the running process. A flag
+  already present in $XLA_FLAGS wins, so users can override any of these.
+  The default flags are skipped on jaxlib versions they were not measured on.
+  """
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  present = os.environ.get('XLA_FLAGS', '')
+  version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])
+  if (tuple(xla_flags) == XLA_CPU_FLAGS and
+      version not in XLA_CPU_FLAGS_JAXLIB):
+    _log.info('Not setting %s: measured only on jaxlib %s.', xla_flags,
+              XLA_CPU_FLAGS_JAXLIB)
+    return present
+  extra = [f for f in xla_flags if f.split('=')[0] not in present]
+  if extra:
+    os.environ['XLA_FLAGS'] = ' '.join([present] + extra).strip()
+  return os.environ.get('XLA_FLAGS', '')
+
+
+CPU_TUNING_FLAG = '--cpu_tuning'
+
+
+def prepare_command(argv: Sequence[str] = (), *,
+                    default: bool = False) -> bool:
+  """The prologue of every command line; returns whether CPU tuning is on.
+
+  Call first thing under `if __name__ == '__main__':`, before the heavy
+  imports. CPU tuning (`--cpu_tuning` in argv, or `default`; `--no_cpu_
+  tuning` / `--nocpu_tuning` turn a default off) re-runs the process with
+  huge pages and sets `XLA_CPU_FLAGS`; the command then calls
+  `freeze_imported_objects()` after its imports. Without it nothing about
+  the process changes.
+  """
+  argv = list(argv)
+  tuning = default
+  if any(a in argv for a in (CPU_TUNING_FLAG, CPU_TUNING_FLAG + '=true')):
+    tuning = True
+  if any(a in argv for a in ('--no_cpu_tuning', '--nocpu_tuning',
+                             CPU_TUNING_FLAG + '=false')):
+    tuning = False
+  if tuning:
+    rerun_with_huge_pages()
+    set_xla_flags()
+  return tuning

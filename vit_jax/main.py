@@ -145,13 +145,8 @@ def main(argv):
   python_logging.getLogger('jax._src.xla_bridge').setLevel(
       python_logging.WARNING)
   config, workdir = flags.FLAGS.config, _WORKDIR.value
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  if _CPU_TUNING.value:  # Before JAX starts: see host.py.
-    host.rerun_with_huge_pages()
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   from vit_jax import utils  # pylint: disable=g-import-not-at-top
-  if _CPU_TUNING.value:
-    utils.set_xla_flags()  # Before JAX's backends exist.
   handler = None
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -167,6 +162,8 @@ def main(argv):
 
 def run():
   """Entry point of `python -m vit_jax.main` and of the root main.py."""
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.prepare_command(sys.argv)  # --cpu_tuning: before JAX starts.
   import jax  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(['config', 'workdir'])
   jax.config.config_with_absl()  # --jax_backend_target etc., as the original.

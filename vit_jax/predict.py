@@ -45,14 +45,14 @@ from typing import List, Optional, Sequence, Tuple
 
 if __name__ == '__main__':  # First, before the heavy imports: see host.py.
   from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.rerun_with_huge_pages()
+  _CPU_TUNING = host.prepare_command(sys.argv)
 
 import jax
 import numpy as np
 
+from vit_jax import errors
 from vit_jax import export
 from vit_jax import images as images_lib
-from vit_jax import utils
 from vit_jax.inspect import analysis
 
 _IMAGENET_IDS = ('datasets', 'imagenet2012', 'labels.txt')  # In tfds.
@@ -60,7 +60,7 @@ Prediction = List[Tuple[str, float]]  # (label, probability), best first.
 LoadedModel = export.LoadedModel
 
 
-class PredictError(ValueError):
+class PredictError(errors.UserError):
   """Bad input to `predict` (images, labels, options); says what to do."""
 
 
@@ -170,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
       description='Top-k class predictions of a ViT/Mixer checkpoint.')
   parser.add_argument('images', nargs='+', metavar='IMAGE',
                       help='image files (JPEG, PNG, GIF, BMP, WebP, TIFF)')
+  parser.add_argument('--cpu_tuning', action='store_true',
+                      help='CPU only: XLA:CPU flags, huge pages, a frozen '
+                      'GC (README "Speed"; applied by host.prepare_command)')
   parser.add_argument('--checkpoint', required=True,
                       help='training workdir, its model.npz, or an official '
                       '.npz file')
@@ -209,17 +212,16 @@ def run(args: argparse.Namespace) -> List[Prediction]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
-  from vit_jax import errors  # pylint: disable=g-import-not-at-top
   args = _parser().parse_args(argv)
-  utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   try:
     run(args)
-  except errors.USER_ERRORS + (PredictError,) as e:  # ImageError too.
+  except errors.UserError as e:  # PredictError, ImageError too.
     print(f'vit_jax.predict: {e}', file=sys.stderr)
     return 1
   return 0
 
 
 if __name__ == '__main__':
-  host.freeze_imported_objects()  # Imports done: see host.py.
+  if _CPU_TUNING:
+    host.freeze_imported_objects()  # Imports done: see host.py.
   sys.exit(main())

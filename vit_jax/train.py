@@ -234,8 +234,10 @@ def create_train_state(config, model: nn.Module,
         grid_shape=config_validation.token_grid(config))
     params = jax.device_put(host, param_shardings)
   else:
-    logging.warning('config.pretrained_dir is empty: training %s from '
-                    'scratch.', config_validation.model_name(config))
+    logging.warning(
+        'No pretrained checkpoint (config.pretrained_dir and '
+        'pretrained_path are empty): training %s from random initialisation '
+        'on %s.', config_validation.model_name(config), config.dataset)
   opt_shardings = partitioning.tree_shardings(
       jax.eval_shape(tx.init, abstract), mesh, fsdp=config.fsdp)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)

@@ -6,49 +6,13 @@ import logging as python_logging
 import os
 import socket
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 
 Schedule = Callable[[jax.Array], jax.Array]
-
-# XLA:CPU flags for ViT, measured on jaxlib 0.10 (bench/RESULTS.md): route
-# dots, reductions and elementwise ops through XLA's own emitters and Eigen
-# rather than YNNPACK fusions (YNNPACK keeps only the patch-embedding conv).
-# YNNPACK fused each attention (two batched dots and the softmax) into one
-# kernel that ran at ~24 GFLOP/s; without it ViT-Ti/16 inference is 1.9x and
-# ViT-B/16 inference 1.1x faster, training unchanged. They only touch the
-# CPU backend. The flag is experimental, and XLA aborts on unknown flags, so
-# it is set only for jaxlib versions where it was measured.
-XLA_CPU_FLAGS = (
-    '--xla_cpu_experimental_ynn_fusion_type='
-    '-individual_dot,-dot,-reduce,-eltwise',)
-XLA_CPU_FLAGS_JAXLIB = ((0, 10),)  # (major, minor) versions measured.
-
-
-def set_xla_flags(xla_flags: Sequence[str] = XLA_CPU_FLAGS) -> str:
-  """Adds `xla_flags` to $XLA_FLAGS; returns the resulting value.
-
-  Call before JAX creates its backends (the first `jax.devices()` or
-  computation); later calls have no effect on the running process. A flag
-  already present in $XLA_FLAGS wins, so users can override any of these.
-  The default flags are skipped on jaxlib versions they were not measured on.
-  """
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  present = os.environ.get('XLA_FLAGS', '')
-  version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])
-  if (tuple(xla_flags) == XLA_CPU_FLAGS and
-      version not in XLA_CPU_FLAGS_JAXLIB):
-    logging.info('Not setting %s: measured only on jaxlib %s.', xla_flags,
-                 XLA_CPU_FLAGS_JAXLIB)
-    return present
-  extra = [f for f in xla_flags if f.split('=')[0] not in present]
-  if extra:
-    os.environ['XLA_FLAGS'] = ' '.join([present] + extra).strip()
-  return os.environ.get('XLA_FLAGS', '')
-
 
 def network_available(host: str, port: int = 443,
                       timeout: float = 3.0) -> bool:

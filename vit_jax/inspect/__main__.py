@@ -5,13 +5,13 @@ registers global absl flags that could clash with another program's.
 """
 
 if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  import sys  # pylint: disable=g-import-not-at-top
   from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.rerun_with_huge_pages()
+  _CPU_TUNING = host.prepare_command(sys.argv)
 
 from absl import app
 from absl import flags
 
-from vit_jax import utils
 from vit_jax.inspect import cli
 
 _MODEL = flags.DEFINE_string(
@@ -40,13 +40,14 @@ _RENORMALIZE = flags.DEFINE_bool(
     'the mean attention distance.')
 _TRACEBACK = flags.DEFINE_bool('traceback', False,
                                'Show the full traceback on errors.')
+flags.DEFINE_bool('cpu_tuning', False, 'CPU only: XLA:CPU flags, huge pages, '
+                  'a frozen GC (see README "Speed"; read by host.py).')
 
 
 
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  utils.set_xla_flags()  # XLA:CPU settings, before JAX's backends exist.
   opts = cli.Options(
       checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
       images=_IMAGES.value,
@@ -58,5 +59,6 @@ def _main(argv):
 
 
 if __name__ == '__main__':
-  host.freeze_imported_objects()  # Imports done: see host.py.
+  if _CPU_TUNING:
+    host.freeze_imported_objects()  # Imports done: see host.py.
   app.run(_main)

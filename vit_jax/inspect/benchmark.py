@@ -16,8 +16,10 @@ import statistics
 import time
 
 if __name__ == '__main__':  # First, before the heavy imports: see host.py.
+  import sys  # pylint: disable=g-import-not-at-top
   from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.rerun_with_huge_pages()
+  # A speed tool: CPU tuning on unless --nocpu_tuning (as main --cpu_tuning).
+  _CPU_TUNING = host.prepare_command(sys.argv, default=True)
 
 from absl import app
 from absl import flags
@@ -26,7 +28,6 @@ import jax
 import numpy as np
 
 from vit_jax import models
-from vit_jax import utils
 from vit_jax.inspect import analysis
 from vit_jax.inspect import filters
 from vit_jax.inspect import position
@@ -101,7 +102,6 @@ def _define_flags():
 
 def main(argv):
   del argv
-  utils.set_xla_flags()  # As the inspect CLI and main.py run.
   f = flags.FLAGS
   out = run(f.model, f.batch, f.res, f.repeats)
   print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
@@ -110,5 +110,6 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  host.freeze_imported_objects()  # Imports done: see host.py.
+  if _CPU_TUNING:
+    host.freeze_imported_objects()  # Imports done: see host.py.
   app.run(main)

@@ -10,11 +10,12 @@ decode, bilinear resize and [-1, 1] normalisation, as in `predict`.
 import os
 from typing import List
 
+from vit_jax import errors
 from vit_jax import export
 from vit_jax import images
 
 
-class InspectError(ValueError):
+class InspectError(errors.UserError):
   """A user-facing problem with the inputs (bad file, wrong model, ...)."""
 
 
