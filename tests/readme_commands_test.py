@@ -111,14 +111,8 @@ class ReadmeCommandsTest(absltest.TestCase):
                VIT_JAX_TEST_NETWORK_LOG=os.path.join(self.tmp, 'network.log'),
                TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
     env.pop('XLA_FLAGS', None)
-    # `python` as the README says it: this interpreter.
-    bin_dir = os.path.join(self.tmp, 'bin')
-    os.makedirs(bin_dir, exist_ok=True)
-    for name in ('python', 'python3'):
-      link = os.path.join(bin_dir, name)
-      if not os.path.exists(link):
-        os.symlink(sys.executable, link)
-    env['PATH'] = bin_dir + os.pathsep + env['PATH']
+    # `python` as the README says it: this interpreter (its venv's bin).
+    env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
     start = time.monotonic()
     proc = subprocess.run(['bash', '-c', command], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900,

@@ -45,7 +45,8 @@ if __name__ == '__main__':  # First, before the heavy imports: see host.py.
   import sys  # pylint: disable=g-import-not-at-top
   from vit_jax import host  # pylint: disable=g-import-not-at-top
   # The speed tool: CPU tuning on unless --no_cpu_tuning.
-  _CPU_TUNING = host.prepare_command(sys.argv, default=True)
+  _CPU_TUNING = host.prepare_command(sys.argv, default=True,
+                                     xla_flags=False)  # --xla_flags: main.
 
 import jax
 import jax.numpy as jnp

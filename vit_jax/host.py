@@ -142,14 +142,15 @@ def set_xla_flags(xla_flags: Sequence[str] = XLA_CPU_FLAGS) -> str:
 CPU_TUNING_FLAG = '--cpu_tuning'
 
 
-def prepare_command(argv: Sequence[str] = (), *,
-                    default: bool = False) -> bool:
+def prepare_command(argv: Sequence[str] = (), *, default: bool = False,
+                    xla_flags: bool = True) -> bool:
   """The prologue of every command line; returns whether CPU tuning is on.
 
   Call first thing under `if __name__ == '__main__':`, before the heavy
   imports. CPU tuning (`--cpu_tuning` in argv, or `default`; `--no_cpu_
   tuning` / `--nocpu_tuning` turn a default off) re-runs the process with
-  huge pages and sets `XLA_CPU_FLAGS`; the command then calls
+  huge pages and sets `XLA_CPU_FLAGS` (unless `xla_flags` is False: a
+  command that takes its own XLA flags sets them); the command then calls
   `freeze_imported_objects()` after its imports. Without it nothing about
   the process changes.
   """
@@ -162,5 +163,6 @@ def prepare_command(argv: Sequence[str] = (), *,
     tuning = False
   if tuning:
     rerun_with_huge_pages()
-    set_xla_flags()
+    if xla_flags:
+      set_xla_flags()
   return tuning
