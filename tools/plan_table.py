@@ -1,0 +1,138 @@
+r"""docs/plan.md's table: the published fine-tuning runs planned for TPU slices.
+
+  nice -n 10 python tools/plan_table.py run --results=docs/plan_results.jsonl
+  python tools/plan_table.py markdown --results=docs/plan_results.jsonl
+
+`run` compiles each row with `python -m vit_jax.plan --fit --noeval` (the
+original's configs/vit.py cifar10 preset: crop 384, batch 512, accum_steps
+8, float32) and appends its JSON line, with the command, commit and CPU, to
+the results file. Rows already there are skipped, and a row being compiled
+is claimed with a lock file, so several `run`s can share the work and a
+killed one can be restarted. `markdown` prints the table from the results.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+MODELS = ('ViT-B_32', 'ViT-B_16', 'R50+ViT-B_16', 'ViT-L_32', 'ViT-L_16',
+          'ViT-H_14')
+SLICES = (('v5e-8', 'v5e:2x4'), ('v4-8', 'v4:2x2x1'), ('v5p-8', 'v5p:2x2x1'))
+# One pod-scale row: batch 512 over 256 chips is 2 images per chip, so
+# accum_steps can only be 1 or 2.
+POD = ('ViT-H_14', 'v5e-256', 'v5e:16x16',
+       ('--config.fsdp=True', '--config.accum_steps=2'))
+
+
+def rows():
+  """(row id, model, slice name, topology, extra flags), in run order."""
+  out = [(f'{m}@{name}', m, name, topo, ()) for name, topo in SLICES
+         for m in MODELS]
+  m, name, topo, extra = POD
+  out.append((f'{m}@{name}+fsdp', m, name, topo, extra))
+  return out
+
+
+def command(model, topology, extra):
+  return [sys.executable, '-m', 'vit_jax.plan',
+          f'--config=configs/vit.py:{model},cifar10', f'--topology={topology}',
+          '--fit', '--noeval', *extra]
+
+
+def _done(path):
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {r['row']: r for r in map(json.loads, f) if r.get('row')}
+
+
+def _cpu():
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+    return next(l.split(':', 1)[1].strip() for l in out.splitlines()
+                if l.startswith('Model name'))
+  except (OSError, StopIteration):
+    return platform.processor()
+
+
+def run(results, only):
+  """Compiles the rows not yet in `results` (or in `only`), one at a time."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo,
+                          capture_output=True, text=True).stdout.strip()
+  for row, model, _, topo, extra in rows():
+    if (only and row not in only) or row in _done(results):
+      continue
+    try:
+      lock = os.open(f'{results}.{row}.lock', os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+      continue  # Another `run` is compiling it.
+    os.close(lock)
+    cmd = command(model, topo, extra)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    record = {'row': row, 'command': ' '.join(['python'] + cmd[1:]),
+              'commit': commit, 'cpu': _cpu(), 'wall_s': time.time() - t0,
+              'returncode': proc.returncode}
+    if proc.returncode == 0:
+      record['plan'] = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+      record['error'] = (proc.stderr.strip().splitlines() or ['?'])[-1]
+    with open(results, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    os.remove(f'{results}.{row}.lock')
+    print(row, 'done in', int(time.time() - t0), 's', flush=True)
+
+
+def _gib(n):
+  return f'{n / 2**30:.2f}'
+
+
+def markdown(results):
+  """The table of docs/plan.md (rows without a result: 'not measured')."""
+  done = _done(results)
+  lines = [
+      '| model | slice | chips | mesh | GiB/chip at accum 8 | HBM GiB | fits '
+      '| smallest accum_steps that fits (GiB/chip) | roofline s/step '
+      '| compile s |', '|' + '---|' * 10]
+  for row, model, name, _, extra in rows():
+    r = done.get(row)
+    label = model + (' (FSDP, accum 2)' if extra else '')
+    if not r or 'plan' not in r:
+      why = r['error'] if r else 'not finished before the deadline'
+      lines.append(f'| {label} | {name} | | | not measured: {why} |'
+                   ' | | | | |')
+      continue
+    p = r['plan']
+    fit = p['fit']
+    best = fit['accum_steps']
+    best_s = (f"{best} ({_gib(fit['tried'][str(best)])})" if best else
+              'none')
+    mesh = f"{p['mesh']['data']}x{p['mesh']['model']}"
+    lines.append(
+        f"| {label} | {name} | {p['devices']} | {mesh} | "
+        f"{_gib(p['per_device_bytes']['train']['total'])} | "
+        f"{_gib(p['hbm_bytes'])} | {'yes' if p['fits'] else 'no'} | "
+        f"{best_s} | {p['roofline_step_s']:.2f} | {r['wall_s']:.0f} |")
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('mode', choices=('run', 'markdown'))
+  parser.add_argument('--results', default='docs/plan_results.jsonl')
+  parser.add_argument('--rows', default='',
+                      help='Comma-separated row ids (default: all).')
+  args = parser.parse_args()
+  if args.mode == 'run':
+    run(args.results, [r for r in args.rows.split(',') if r])
+  else:
+    print(markdown(args.results))
+
+
+if __name__ == '__main__':
+  main()
