@@ -36,7 +36,7 @@ import ml_collections
 from vit_jax import config_validation
 from vit_jax import partitioning
 
-GB, GIB = 10**9, 2**30
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +50,22 @@ class Chip:
 
 
 # Figures from the Cloud TPU system-architecture pages
-# (https://cloud.google.com/tpu/docs/<v4|v5e|v5p|v6e>), taken in the unit
-# each page states: "GB" as 10^9 bytes, "GiB" as 2^30.
+# (https://cloud.google.com/tpu/docs/<v4|v5e|v5p|v6e>). HBM sizes are binary:
+# the pages say "16 GB" for v5e, and its TPU compiler's allocator reports a
+# memory size of 17179869184 bytes = 16 GiB (of which it offers 15.75 GiB to
+# a program; a step that needs more fails to compile, see `plan`).
 CHIPS: Dict[str, Chip] = {
     # docs/v4: 275 TFLOPs bf16, HBM2 32 GiB at 1200 GBps. A v4 chip has two
     # TensorCores that JAX drives as one device ("megacore"), as on a v4 VM.
     'v4': Chip(32 * GIB, 275e12, 1200e9,
                (('chip_config_name', 'megacore'),)),
     # docs/v5e: 197 TFLOPs bf16, HBM2 16 GB at 819 GBps.
-    'v5e': Chip(16 * GB, 197e12, 819e9),
+    'v5e': Chip(16 * GIB, 197e12, 819e9),
     # docs/v5p: 459 TFLOPs bf16, 95 GiB HBM at 2765 GBps (two TensorCores
     # per chip, one JAX device).
     'v5p': Chip(95 * GIB, 459e12, 2765e9),
     # docs/v6e (Trillium): 918 TFLOPs bf16, 32 GB HBM at 1640 GBps.
-    'v6e': Chip(32 * GB, 918e12, 1640e9),
+    'v6e': Chip(32 * GIB, 918e12, 1640e9),
 }
 EXAMPLES = 'v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4'
 
@@ -239,10 +241,20 @@ def resolve(config, devices: Sequence[Any],
                                                 num_devices=len(devices))
 
 
-def _compile(lowered) -> Tuple[Any, float]:
+def _compile(lowered) -> Tuple[Any, float, str]:
+  """(compiled or None, seconds, '' or the compiler's out-of-memory line).
+
+  The TPU compiler refuses a program that needs more HBM than the chip
+  offers; that answer is the plan's "does not fit".
+  """
   t0 = time.perf_counter()
-  compiled = lowered.compile()
-  return compiled, time.perf_counter() - t0
+  try:
+    compiled, oom = lowered.compile(), ''
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    compiled, oom = None, str(e).splitlines()[0]
+  return compiled, time.perf_counter() - t0, oom
 
 
 def plan(config: ml_collections.ConfigDict, *, topology: str,
@@ -252,9 +264,8 @@ def plan(config: ml_collections.ConfigDict, *, topology: str,
 
   Returns a JSON-able dict: per-device bytes of each step, the chip's HBM,
   `fits`, FLOPs (compiler and analytic), the roofline bound and compile
-  seconds. XLA's cost analysis counts the body of the accumulation loop
-  once, so its figures are scaled by accum_steps (the optimizer update,
-  outside the loop, is a negligible part of them).
+  seconds. A step the TPU compiler rejects for lack of HBM has bytes None,
+  'fits' False and the compiler's message in 'compiler_oom'.
   """
   chip = chip_of(topology)
   devices = topology_devices(topology)
@@ -263,33 +274,51 @@ def plan(config: ml_collections.ConfigDict, *, topology: str,
   t0 = time.perf_counter()
   lowered_train, lowered_eval, model = lower_steps(
       config, num_classes=n_classes, devices=devices)
-  compiled, compile_s = _compile(lowered_train)
-  steps = {'train': memory_bytes(compiled)}
+  compiled, compile_s, oom = _compile(lowered_train)
+  steps = {'train': memory_bytes(compiled) if compiled else None}
   if with_eval:
-    steps['eval'] = memory_bytes(_compile(lowered_eval)[0])
-  flops, accessed = cost(compiled)
-  accum, n = config.accum_steps, len(devices)
+    eval_compiled, _, eval_oom = _compile(lowered_eval)
+    steps['eval'] = memory_bytes(eval_compiled) if eval_compiled else None
+    oom = oom or eval_oom
+  n = len(devices)
   data, model_axis = partitioning.mesh_shape(config.mesh.data,
                                              config.mesh.model, n)
-  compute_s = flops * accum / chip.peak_flops
-  memory_s = accessed * accum / chip.hbm_bandwidth
-  return {
+  record = {
       'model': config.model_name, 'topology': topology,
       'chip': devices[0].device_kind, 'devices': n,
       'mesh': {'data': data, 'model': model_axis}, 'fsdp': config.fsdp,
       'batch': config.batch, 'batch_eval': config.batch_eval,
-      'accum_steps': accum, 'crop': config.pp.crop, 'dtype': config.dtype,
-      'remat': config.remat, 'per_device_bytes': steps,
-      'hbm_bytes': chip.hbm_bytes,
-      'fits': all(s['total'] <= chip.hbm_bytes for s in steps.values()),
-      'compiler_flops_per_step': flops * accum * n,
-      'compiler_flops_per_image': flops * accum * n / config.batch,
-      'analytic_flops_per_image': analytic_flops(model, config.pp.crop),
-      'roofline_step_s': max(compute_s, memory_s),
-      'roofline_compute_s': compute_s, 'roofline_hbm_s': memory_s,
-      'compile_s': round(time.perf_counter() - t0, 1),
-      'train_compile_s': round(compile_s, 1),
-  }
+      'accum_steps': config.accum_steps, 'crop': config.pp.crop,
+      'dtype': config.dtype, 'remat': config.remat,
+      'per_device_bytes': steps, 'hbm_bytes': chip.hbm_bytes,
+      'fits': not oom and all(
+          s['total'] <= chip.hbm_bytes for s in steps.values()),
+      'compiler_oom': oom,
+      'analytic_flops_per_image': analytic_flops(model, config.pp.crop)}
+  record.update(_speed(compiled, chip, config, n))
+  record.update(compile_s=round(time.perf_counter() - t0, 1),
+                train_compile_s=round(compile_s, 1))
+  return record
+
+
+def _speed(compiled, chip: Chip, config, n: int) -> Dict[str, Any]:
+  """Compiler FLOPs per step and image, and the roofline bound (seconds).
+
+  XLA's cost analysis counts the body of the accumulation loop once, so its
+  per-device figures are scaled by accum_steps (the optimizer update,
+  outside the loop, is a negligible part of them). The bound is the larger
+  of FLOPs at the chip's peak and bytes accessed at its HBM bandwidth.
+  """
+  keys = ('compiler_flops_per_step', 'compiler_flops_per_image',
+          'roofline_step_s', 'roofline_compute_s', 'roofline_hbm_s')
+  if compiled is None:
+    return dict.fromkeys(keys)
+  flops, accessed = cost(compiled)
+  flops, accessed = flops * config.accum_steps, accessed * config.accum_steps
+  compute_s = flops / chip.peak_flops
+  memory_s = accessed / chip.hbm_bandwidth
+  return dict(zip(keys, (flops * n, flops * n / config.batch,
+                         max(compute_s, memory_s), compute_s, memory_s)))
 
 
 def _with(config, **changes) -> ml_collections.ConfigDict:
@@ -334,8 +363,7 @@ def fit(config: ml_collections.ConfigDict, *, topology: str,
       lo = mid + 1
   base['fit'] = {
       'accum_steps': best,
-      'tried': {a: p['per_device_bytes']['train']['total']
-                for a, p in sorted(plans.items())},
+      'tried': {a: _train_total(p) for a, p in sorted(plans.items())},
       'alternatives': [] if best else _alternatives(config, base, **kw)}
   if best and best != base['accum_steps']:
     base['fit']['plan'] = {k: plans[best][k] for k in (
@@ -344,7 +372,13 @@ def fit(config: ml_collections.ConfigDict, *, topology: str,
 
 
 def _train_fits(p: Dict[str, Any]) -> bool:
-  return p['per_device_bytes']['train']['total'] <= p['hbm_bytes']
+  train_bytes = p['per_device_bytes']['train']
+  return bool(train_bytes) and train_bytes['total'] <= p['hbm_bytes']
+
+
+def _train_total(p: Dict[str, Any]) -> Optional[int]:
+  """Per-device bytes of the train step (None: the compiler ran out)."""
+  return (p['per_device_bytes']['train'] or {}).get('total')
 
 
 def _alternatives(config, base, **kw) -> List[Dict[str, Any]]:
@@ -364,7 +398,7 @@ def _alternatives(config, base, **kw) -> List[Dict[str, Any]]:
       out.append({'changes': changes, 'error': str(e)})
       continue
     out.append({'changes': changes, 'fits': _train_fits(p),
-                'total': p['per_device_bytes']['train']['total']})
+                'total': _train_total(p)})
     if out[-1]['fits']:
       break
   return out
@@ -381,7 +415,7 @@ def _seconds(s: float) -> str:
 
 def format_report(p: Dict[str, Any]) -> str:
   """The human-readable table of a plan (see `plan`)."""
-  steps = p['per_device_bytes']
+  steps = {k: v or {} for k, v in p['per_device_bytes'].items()}
   lines = [
       f"{p['model']} on {p['topology']}: {p['devices']} x {p['chip']}, "
       f"mesh data={p['mesh']['data']} model={p['mesh']['model']}"
@@ -390,25 +424,36 @@ def format_report(p: Dict[str, Any]) -> str:
       f"{'per device':<22}" + ''.join(f'{k + " step":>16}' for k in steps)]
   for key in ('arguments', 'temporaries', 'outputs', 'aliased', 'code',
               'total'):
-    lines.append(f'  {key:<20}' +
-                 ''.join(f'{_gib(s[key]):>16}' for s in steps.values()))
-  lines += [
-      f"  {'HBM of the chip':<20}{_gib(p['hbm_bytes']):>16}",
-      f"fits: {'yes' if p['fits'] else 'NO'}",
-      f"FLOPs per step (XLA, all devices): {p['compiler_flops_per_step']:.3e}",
-      f"FLOPs per image: XLA {p['compiler_flops_per_image']:.3e}, analytic "
-      f"{p['analytic_flops_per_image']:.3e} (3 x forward matmuls/convs)",
-      f"roofline lower bound per step: {_seconds(p['roofline_step_s'])} "
-      f"(compute {_seconds(p['roofline_compute_s'])} at peak bf16, HBM "
-      f"{_seconds(p['roofline_hbm_s'])})",
-      f"compile: {p['compile_s']} s (train step {p['train_compile_s']} s)"]
+    lines.append(f'  {key:<20}' + ''.join(
+        f'{_gib(s[key]) if s else "OOM":>16}' for s in steps.values()))
+  lines.append(f"  {'HBM of the chip':<20}{_gib(p['hbm_bytes']):>16}")
+  lines.append(f"fits: {'yes' if p['fits'] else 'NO'}")
+  if p['compiler_oom']:
+    lines.append(f"  the TPU compiler: {p['compiler_oom']}")
+  if not p['fits']:
+    lines.append('  rerun with --fit to find the smallest accum_steps that '
+                 'fits, or whether --config.fsdp=True or a model axis '
+                 '(--config.mesh.model) would')
+  if p['compiler_flops_per_step'] is not None:
+    lines += [
+        f"FLOPs per step (XLA, all devices): "
+        f"{p['compiler_flops_per_step']:.3e}",
+        f"FLOPs per image: XLA {p['compiler_flops_per_image']:.3e}, "
+        f"analytic {p['analytic_flops_per_image']:.3e} (3 x forward "
+        'matmuls/convs)',
+        f"roofline lower bound per step: {_seconds(p['roofline_step_s'])} "
+        f"(compute {_seconds(p['roofline_compute_s'])} at peak bf16, HBM "
+        f"{_seconds(p['roofline_hbm_s'])})"]
+  lines.append(f"compile: {p['compile_s']} s (train step "
+               f"{p['train_compile_s']} s)")
   return '\n'.join(lines)
 
 
 def format_fit(p: Dict[str, Any], command: str) -> str:
   """What --fit found, with the command line to use (or why none)."""
   f = p['fit']
-  tried = ', '.join(f'{a}: {_gib(b)}' for a, b in f['tried'].items())
+  tried = ', '.join(f'{a}: {_gib(b) if b else "OOM"}'
+                    for a, b in f['tried'].items())
   lines = [f'accum_steps tried (train step total per device): {tried}']
   if f['accum_steps']:
     lines.append(f"smallest accum_steps that fits: {f['accum_steps']}")
@@ -421,7 +466,8 @@ def format_fit(p: Dict[str, Any], command: str) -> str:
       if 'error' in alt:
         lines.append(f'  {what}: {alt["error"]}')
         continue
-      lines.append(f"  {what}: {_gib(alt['total'])} -> "
+      size = _gib(alt['total']) if alt['total'] else 'OOM'
+      lines.append(f"  {what}: {size} -> "
                    f"{'fits' if alt['fits'] else 'does not fit'}")
       if alt['fits']:
         changes = alt['changes']
