@@ -3,12 +3,12 @@ r"""docs/plan.md's table: the published fine-tuning runs planned for TPU slices.
   nice -n 10 python tools/plan_table.py run --results=docs/plan_results.jsonl
   python tools/plan_table.py markdown --results=docs/plan_results.jsonl
 
-`run` compiles each row with `python -m vit_jax.plan --fit --noeval` (the
+`run` compiles each row with `python -m vit_jax.plan --noeval` (the
 original's configs/vit.py cifar10 preset: crop 384, batch 512, accum_steps
-8, float32) and appends its JSON line, with the command, commit and CPU, to
-the results file. Rows already there are skipped, and a row being compiled
-is claimed with a lock file, so several `run`s can share the work and a
-killed one can be restarted. `markdown` prints the table from the results.
+8, float32), then runs each row's `--fit` search, and appends every JSON
+line, with the command, commit and CPU, to the results file. Jobs already
+there are skipped and a job being compiled is claimed with a lock file, so
+several `run`s can share the work and a killed one can be restarted. `markdown` prints the table from the results.
 """
 
 import argparse
@@ -29,7 +29,7 @@ POD = ('ViT-H_14', 'v5e-256', 'v5e:16x16',
 
 
 def rows():
-  """(row id, model, slice name, topology, extra flags), in run order."""
+  """(row id, model, slice name, topology, extra flags), in table order."""
   out = [(f'{m}@{name}', m, name, topo, ()) for name, topo in SLICES
          for m in MODELS]
   m, name, topo, extra = POD
@@ -37,17 +37,26 @@ def rows():
   return out
 
 
-def command(model, topology, extra):
-  return [sys.executable, '-m', 'vit_jax.plan',
-          f'--config=configs/vit.py:{model},cifar10', f'--topology={topology}',
-          '--fit', '--noeval', *extra]
+def jobs():
+  """(job id, row, command): every row at the config's accum_steps first
+  (one compile each), then every row's --fit search (several)."""
+  out = []
+  for fit in (False, True):
+    for row, model, _, topo, extra in rows():
+      cmd = [sys.executable, '-m', 'vit_jax.plan',
+             f'--config=configs/vit.py:{model},cifar10',
+             f'--topology={topo}', '--noeval', *extra]
+      out.append((row + ('#fit' if fit else ''), row,
+                  cmd + ['--fit'] if fit else cmd))
+  return out
 
 
 def _done(path):
+  """job id -> its record, from the results file."""
   if not os.path.exists(path):
     return {}
   with open(path) as f:
-    return {r['row']: r for r in map(json.loads, f) if r.get('row')}
+    return {r['job']: r for r in map(json.loads, f) if r.get('job')}
 
 
 def _cpu():
@@ -64,18 +73,18 @@ def run(results, only):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo,
                           capture_output=True, text=True).stdout.strip()
-  for row, model, _, topo, extra in rows():
-    if (only and row not in only) or row in _done(results):
+  for job, row, cmd in jobs():
+    if (only and job not in only) or job in _done(results):
       continue
     try:
-      lock = os.open(f'{results}.{row}.lock', os.O_CREAT | os.O_EXCL)
+      lock = os.open(f'{results}.{job}.lock', os.O_CREAT | os.O_EXCL)
     except FileExistsError:
       continue  # Another `run` is compiling it.
     os.close(lock)
-    cmd = command(model, topo, extra)
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    record = {'row': row, 'command': ' '.join(['python'] + cmd[1:]),
+    record = {'job': job, 'row': row,
+              'command': ' '.join(['python'] + cmd[1:]),
               'commit': commit, 'cpu': _cpu(), 'wall_s': time.time() - t0,
               'returncode': proc.returncode}
     if proc.returncode == 0:
@@ -84,40 +93,53 @@ def run(results, only):
       record['error'] = (proc.stderr.strip().splitlines() or ['?'])[-1]
     with open(results, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    os.remove(f'{results}.{row}.lock')
-    print(row, 'done in', int(time.time() - t0), 's', flush=True)
+    os.remove(f'{results}.{job}.lock')
+    print(job, 'done in', int(time.time() - t0), 's', flush=True)
 
 
 def _gib(n):
-  return f'{n / 2**30:.2f}'
+  return 'OOM' if n is None else f'{n / 2**30:.2f}'
+
+
+def _fit_cell(record):
+  """'smallest accum_steps (GiB/chip)' of a --fit job, or why not."""
+  if record is None:
+    return 'not measured (deadline)'
+  if 'plan' not in record:
+    return f"failed: {record['error']}"
+  fit = record['plan']['fit']
+  best = fit['accum_steps']
+  if best:
+    return f"{best} ({_gib(fit['tried'][str(best)])})"
+  alts = [a for a in fit['alternatives'] if a.get('fits')]
+  return 'none' + (f"; fits with {alts[0]['changes']}" if alts else '')
 
 
 def markdown(results):
   """The table of docs/plan.md (rows without a result: 'not measured')."""
   done = _done(results)
   lines = [
-      '| model | slice | chips | mesh | GiB/chip at accum 8 | HBM GiB | fits '
-      '| smallest accum_steps that fits (GiB/chip) | roofline s/step '
-      '| compile s |', '|' + '---|' * 10]
+      '| model | slice | chips | mesh | GiB/chip, train step at accum 8 '
+      '| fits | smallest accum_steps that fits (GiB/chip) '
+      '| roofline s/step | compile s |', '|' + '---|' * 9]
   for row, model, name, _, extra in rows():
-    r = done.get(row)
     label = model + (' (FSDP, accum 2)' if extra else '')
-    if not r or 'plan' not in r:
-      why = r['error'] if r else 'not finished before the deadline'
+    fit = done.get(row + '#fit')
+    base = done.get(row) or (fit if fit and 'plan' in fit else None)
+    if not base or 'plan' not in base:
+      why = base['error'] if base else 'not finished before the deadline'
       lines.append(f'| {label} | {name} | | | not measured: {why} |'
-                   ' | | | | |')
+                   ' | | | |')
       continue
-    p = r['plan']
-    fit = p['fit']
-    best = fit['accum_steps']
-    best_s = (f"{best} ({_gib(fit['tried'][str(best)])})" if best else
-              'none')
+    p = base['plan']
     mesh = f"{p['mesh']['data']}x{p['mesh']['model']}"
+    roof = p['roofline_step_s']
     lines.append(
         f"| {label} | {name} | {p['devices']} | {mesh} | "
-        f"{_gib(p['per_device_bytes']['train']['total'])} | "
-        f"{_gib(p['hbm_bytes'])} | {'yes' if p['fits'] else 'no'} | "
-        f"{best_s} | {p['roofline_step_s']:.2f} | {r['wall_s']:.0f} |")
+        f"{_gib((p['per_device_bytes']['train'] or {}).get('total'))} | "
+        f"{'yes' if p['fits'] else 'no'} | {_fit_cell(fit)} | "
+        f"{'-' if roof is None else f'{roof:.2f}'} | "
+        f"{p['train_compile_s']:.0f} |")
   return '\n'.join(lines)
 
 

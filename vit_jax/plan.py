@@ -155,7 +155,8 @@ def lower_steps(config, *, num_classes: int, devices: Sequence[Any]):
   mesh = partitioning.create_mesh(config.mesh, devices)
   model = train.create_model(config, num_classes)
   tx, lr_fn = train.create_optimizer(config)
-  state, shardings = train._abstract_state(config, model, tx, mesh)  # pylint: disable=protected-access
+  abstract_state = train._abstract_state  # pylint: disable=protected-access
+  state, shardings = abstract_state(config, model, tx, mesh)
   train_fn, eval_fn = train.make_step_fns(config, model, tx, lr_fn, mesh,
                                           shardings)
   lowered_train = train_fn.lower(_shaped(state, shardings),
