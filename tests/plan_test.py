@@ -157,6 +157,18 @@ class TopologyTest(absltest.TestCase):
     self.assertEqual(plan.num_classes_of(config, 7), 7)
 
 
+class CommandTest(absltest.TestCase):
+
+  def test_main_command_keeps_the_config_and_drops_changed_fields(self):
+    argv = ['plan.py', '--config=configs/vit.py:l16,cifar10',
+            '--topology=v5e:2x4', '--config.accum_steps=8',
+            '--config.dtype=bfloat16', '--fit']
+    self.assertEqual(
+        plan.main_command(argv, ['accum_steps']),
+        'python main.py --config=configs/vit.py:l16,cifar10 '
+        '--config.dtype=bfloat16')
+
+
 class AnalyticFlopsTest(absltest.TestCase):
 
   def test_tiny_vit_by_hand(self):
@@ -202,8 +214,8 @@ class FitSearchTest(absltest.TestCase):
     self.assertLessEqual(len(self.compiled), 4)
     text = plan.format_fit(report, 'python main.py --config=x')
     self.assertIn('smallest accum_steps that fits: 8', text)
-    self.assertIn('use: python main.py --config=x --config.accum_steps=8',
-                  text)
+    self.assertIn('use: python main.py --config=x --config.accum_steps=8 '
+                  '--workdir=WORKDIR', text)
 
   def test_nothing_fits_then_fsdp_is_tried(self):
     config = tiny_config(batch=512, accum_steps=8)

@@ -482,7 +482,7 @@ def format_fit(p: Dict[str, Any], command: str) -> str:
     lines.append('The eval step does not fit either: lower '
                  '--config.batch_eval.')
   extra = ' '.join(f'--config.{k}={v}' for k, v in changes.items())
-  lines.append(f'use: {command} {extra}'.rstrip())
+  lines.append(f'use: {command} {extra} --workdir=WORKDIR')
   return '\n'.join(lines)
 
 
@@ -507,7 +507,7 @@ def main_command(argv: Sequence[str], changed: Sequence[str]) -> str:
   """The main.py command line of this plan, minus the fields to change."""
   keep = [a for a in argv[1:] if a.startswith('--config') and not any(
       a.startswith(f'--config.{c}=') for c in changed)]
-  return ' '.join(['python main.py'] + keep + ['--workdir=WORKDIR'])
+  return ' '.join(['python main.py'] + keep)
 
 
 def _silence_native_logs() -> str:
@@ -546,27 +546,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       ('--config=', '')) if a.startswith('--config=') else a for a in argv]
   try:
     flags.FLAGS(resolved)
+    flags.FLAGS.config.get('trainer')  # Raises if the file failed to load.
+  except (flags.Error, OSError, AttributeError, KeyError) as e:
+    reason, missing = e, False
+    while isinstance(reason, BaseException) and reason.args:
+      missing |= isinstance(reason, KeyError)
+      reason = reason.args[0]  # ml_collections nests a KeyError's text.
+    if missing:
+      reason = f'the config has no field {reason} (a typo in --config.x?)'
+    print(f'ERROR: bad flags: {reason}', file=sys.stderr)
+    return 1
+  try:
     if not flags.FLAGS['config'].present or not topology.value:
       raise PlanError('Pass --config=<config file> and --topology=<chip>:'
                       f'<shape> ({known_topologies()}).')
     chip_of(topology.value)  # Fail fast, before any config is built.
-    config = flags.FLAGS.config
     jax.config.update('jax_platforms', os.environ.get('JAX_PLATFORMS') or
                       'cpu')  # Local accelerators play no part.
-    return _run(config, argv, topology=topology.value, fit_=do_fit.value,
-                num_classes=classes.value, with_eval=with_eval.value)
-  except (flags.Error, OSError, AttributeError, KeyError) as e:
-    print(f'ERROR: bad flags: {e}', file=sys.stderr)
+    _run(flags.FLAGS.config, argv, topology=topology.value,
+         fit_=do_fit.value, num_classes=classes.value,
+         with_eval=with_eval.value)
   except Exception as e:  # pylint: disable=broad-except
     from vit_jax import errors  # pylint: disable=g-import-not-at-top
     if not isinstance(e, errors.USER_ERRORS + (PlanError,)):
       print(f'(native logs: {log_path})', file=sys.stderr)
       raise
     print(f'ERROR: {e}', file=sys.stderr)
-  return 1
+    return 1
+  os.remove(log_path)
+  return 0
 
 
-def _run(config, argv, *, topology, fit_, num_classes, with_eval) -> int:
+def _run(config, argv, *, topology, fit_, num_classes, with_eval) -> None:
   run = fit if fit_ else plan
   p = run(config, topology=topology, num_classes=num_classes,
           with_eval=with_eval)
@@ -575,7 +586,6 @@ def _run(config, argv, *, topology, fit_, num_classes, with_eval) -> int:
     changed = ['accum_steps', 'fsdp', 'mesh.model', 'mesh.data']
     print(format_fit(p, main_command(argv, changed)))
   print(json_line(p))
-  return 0
 
 
 if __name__ == '__main__':
