@@ -7,6 +7,7 @@ which the TPU compiler handles in seconds.
 
 import functools
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -119,7 +120,7 @@ class CompileTest(absltest.TestCase):
     lines = proc.stdout.splitlines()
     self.assertIn('testing on v5e:2x2: 4 x TPU v5 lite', lines[0])
     self.assertIn('eval step', lines[1])
-    record = plan.json.loads(lines[-1])
+    record = json.loads(lines[-1])
     for key in ('topology', 'chip', 'devices', 'mesh', 'per_device_bytes',
                 'hbm_bytes', 'fits', 'compiler_flops_per_step',
                 'compiler_flops_per_image', 'analytic_flops_per_image',

@@ -22,6 +22,10 @@ import time
 MODELS = ('ViT-B_32', 'ViT-B_16', 'R50+ViT-B_16', 'ViT-L_32', 'ViT-L_16',
           'ViT-H_14')
 SLICES = (('v5e-8', 'v5e:2x4'), ('v4-8', 'v4:2x2x1'), ('v5p-8', 'v5p:2x2x1'))
+# ViT-H/14 runs at 378 px: 384 is not a multiple of its 14 px patches (the
+# original's VALID patch convolution dropped the last 6 pixels, so both
+# give the same 27 x 27 tokens). main.py asks for a multiple.
+CROP = {'ViT-H_14': ('--config.pp.crop=378',)}
 # One pod-scale row: batch 512 over 256 chips is 2 images per chip, so
 # accum_steps can only be 1 or 2.
 POD = ('ViT-H_14', 'v5e-256', 'v5e:16x16',
@@ -34,7 +38,9 @@ def rows():
          for m in MODELS]
   m, name, topo, extra = POD
   out.append((f'{m}@{name}+fsdp', m, name, topo, extra))
-  return out
+  # Ids name the crop: rows of other crops in a results file are not these.
+  return [(r + ('@378' if m in CROP else ''), m, *rest)
+          for r, m, *rest in out]
 
 
 def jobs():
@@ -45,7 +51,7 @@ def jobs():
     for row, model, _, topo, extra in rows():
       cmd = [sys.executable, '-m', 'vit_jax.plan',
              f'--config=configs/vit.py:{model},cifar10',
-             f'--topology={topo}', '--noeval', *extra]
+             f'--topology={topo}', '--noeval', *CROP.get(model, ()), *extra]
       out.append((row + ('#fit' if fit else ''), row,
                   cmd + ['--fit'] if fit else cmd))
   return out
@@ -123,7 +129,8 @@ def markdown(results):
       '| fits | smallest accum_steps that fits (GiB/chip) '
       '| roofline s/step | compile s |', '|' + '---|' * 9]
   for row, model, name, _, extra in rows():
-    label = model + (' (FSDP, accum 2)' if extra else '')
+    label = model + (' (378 px)' if model in CROP else '') + (
+        ' FSDP, accum 2' if extra else '')
     fit = done.get(row + '#fit')
     base = done.get(row) or (fit if fit and 'plan' in fit else None)
     if not base or 'plan' not in base:

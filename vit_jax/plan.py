@@ -18,7 +18,6 @@ CPU cores.
 """
 
 import dataclasses
-import functools
 import importlib.util
 import json
 import math
