@@ -74,43 +74,114 @@ def _cpu():
     return platform.processor()
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def run(results, only):
   """Compiles the rows not yet in `results` (or in `only`), one at a time."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo,
-                          capture_output=True, text=True).stdout.strip()
   for job, row, cmd in jobs():
     if (only and job not in only) or job in _done(results):
       continue
-    try:
-      lock = os.open(f'{results}.{job}.lock', os.O_CREAT | os.O_EXCL)
-    except FileExistsError:
-      continue  # Another `run` is compiling it.
-    os.close(lock)
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    record = {'job': job, 'row': row,
-              'command': ' '.join(['python'] + cmd[1:]),
-              'commit': commit, 'cpu': _cpu(), 'wall_s': time.time() - t0,
-              'returncode': proc.returncode}
-    if proc.returncode == 0:
-      record['plan'] = json.loads(proc.stdout.strip().splitlines()[-1])
-    else:
-      record['error'] = (proc.stderr.strip().splitlines() or ['?'])[-1]
-    with open(results, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    os.remove(f'{results}.{job}.lock')
-    print(job, 'done in', int(time.time() - t0), 's', flush=True)
+    _compile_job(results, job, row, cmd)
+
+
+def search(results, only):
+  """The --fit search of `only`'s rows, one recorded compile per step.
+
+  Reuses each row's accum_steps=8 result (a `run` job), then binary-searches
+  the divisors of the per-device batch like `python -m vit_jax.plan --fit`,
+  recording every compile as job '<row>~a<accum_steps>'.
+  """
+  base_jobs = {job: (row, cmd) for job, row, cmd in jobs()}
+  for row in only:
+    base = _done(results).get(row)
+    if not base or 'plan' not in base:
+      print(row, ': no accum_steps=8 result yet', flush=True)
+      continue
+    p = base['plan']
+    per_device = p['batch'] // p['mesh']['data']
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    lo, hi = 0, len(divisors) - 1
+    while lo <= hi:
+      mid = (lo + hi) // 2
+      fits = _fits_at(results, row, divisors[mid])
+      if fits is None:
+        cmd = base_jobs[row][1] + [f'--config.accum_steps={divisors[mid]}']
+        if not _compile_job(results, f'{row}~a{divisors[mid]}', row, cmd):
+          break  # Another search holds it.
+        fits = _fits_at(results, row, divisors[mid])
+      if fits:
+        hi = mid - 1
+      else:
+        lo = mid + 1
+
+
+def _fits_at(results, row, accum):
+  """True/False from a recorded compile of `row` at `accum`, else None."""
+  for job, r in _done(results).items():
+    if r['row'] == row and 'plan' in r and (
+        r['plan']['accum_steps'] == accum) and '#fit' not in job:
+      return r['plan']['fits']
+  return None
+
+
+def _compile_job(results, job, row, cmd):
+  """Runs one plan command, appends its record; False if claimed."""
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                          capture_output=True, text=True).stdout.strip()
+  try:
+    lock = os.open(f'{results}.{job}.lock', os.O_CREAT | os.O_EXCL)
+  except FileExistsError:
+    return False  # Another `run` is compiling it.
+  os.close(lock)
+  t0 = time.time()
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  record = {'job': job, 'row': row,
+            'command': ' '.join(['python'] + cmd[1:]),
+            'commit': commit, 'cpu': _cpu(), 'wall_s': time.time() - t0,
+            'returncode': proc.returncode}
+  if proc.returncode == 0:
+    record['plan'] = json.loads(proc.stdout.strip().splitlines()[-1])
+  else:
+    record['error'] = (proc.stderr.strip().splitlines() or ['?'])[-1]
+  with open(results, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+  os.remove(f'{results}.{job}.lock')
+  print(job, 'done in', int(time.time() - t0), 's', flush=True)
+  return True
 
 
 def _gib(n):
   return 'OOM' if n is None else f'{n / 2**30:.2f}'
 
 
-def _fit_cell(record):
+def _searched(done, row):
+  """'smallest accum_steps (GiB/chip)' from `search`'s compiles, or None."""
+  tried = {r['plan']['accum_steps']: r['plan'] for job, r in done.items()
+           if r['row'] == row and 'plan' in r and '#fit' not in job}
+  fitting = sorted(a for a, p in tried.items() if p['fits'])
+  if not fitting:
+    return None
+  best = fitting[0]
+  smaller = [a for a in tried if a < best]
+  total = tried[best]['per_device_bytes']['train']['total']
+  if best == 1 or (smaller and max(smaller) in _divisor_below(tried, best)):
+    return f'{best} ({_gib(total)})'
+  return f'<= {best} ({_gib(total)}); smaller ones not compiled'
+
+
+def _divisor_below(tried, best):
+  """The largest divisor of the per-device batch below `best`, as a set."""
+  p = tried[best]
+  per_device = p['batch'] // p['mesh']['data']
+  below = [d for d in range(1, best) if per_device % d == 0]
+  return {below[-1]} if below else set()
+
+
+def _fit_cell(record, done, row):
   """'smallest accum_steps (GiB/chip)' of a --fit job, or why not."""
   if record is None:
-    return 'not measured (deadline)'
+    return _searched(done, row) or 'not measured (deadline)'
   if 'plan' not in record:
     return f"failed: {record['error']}"
   fit = record['plan']['fit']
@@ -144,7 +215,7 @@ def markdown(results):
     lines.append(
         f"| {label} | {name} | {p['devices']} | {mesh} | "
         f"{_gib((p['per_device_bytes']['train'] or {}).get('total'))} | "
-        f"{'yes' if p['fits'] else 'no'} | {_fit_cell(fit)} | "
+        f"{'yes' if p['fits'] else 'no'} | {_fit_cell(fit, done, row)} | "
         f"{'-' if roof is None else f'{roof:.2f}'} | "
         f"{p['train_compile_s']:.0f} |")
   return '\n'.join(lines)
@@ -152,13 +223,16 @@ def markdown(results):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('mode', choices=('run', 'markdown'))
+  parser.add_argument('mode', choices=('run', 'search', 'markdown'))
   parser.add_argument('--results', default='docs/plan_results.jsonl')
   parser.add_argument('--rows', default='',
                       help='Comma-separated row ids (default: all).')
   args = parser.parse_args()
+  rows_ = [r for r in args.rows.split(',') if r]
   if args.mode == 'run':
-    run(args.results, [r for r in args.rows.split(',') if r])
+    run(args.results, rows_)
+  elif args.mode == 'search':
+    search(args.results, rows_)
   else:
     print(markdown(args.results))
 
