@@ -197,8 +197,9 @@ def markdown(results):
   done = _done(results)
   lines = [
       '| model | slice | chips | mesh | GiB/chip, train step at accum 8 '
-      '| fits | smallest accum_steps that fits (GiB/chip) '
-      '| roofline s/step | compile s |', '|' + '---|' * 9]
+      '| fits at accum 8 | smallest accum_steps that fits (GiB/chip) '
+      '| roofline s/step at accum 8 | train-step compile s |',
+      '|' + '---|' * 9]
   for row, model, name, _, extra in rows():
     label = model + (' (378 px)' if model in CROP else '') + (
         ' FSDP, accum 2' if extra else '')
