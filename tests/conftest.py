@@ -2,6 +2,7 @@
 
 - absl flags (e.g. --test_tmpdir) are parsed by absltest.main(), which
   pytest never calls: mark them parsed.
+- JAX_PLATFORMS=cpu unless set (see below).
 - No test may reach the network: for the whole session, socket connects,
   name lookups and `create_connection` to anything but loopback (127.0.0.0/8,
   ::1, 'localhost') or AF_UNIX raise `NetworkAccessError`. Code under test
@@ -11,7 +12,14 @@
 """
 
 import ipaddress
+import os
 import socket
+
+# JAX on the CPU only: with libtpu installed (the test extra brings it for
+# the TPU planner), JAX would otherwise try to start a TPU backend in every
+# test process. Set before any test module imports jax; subprocesses
+# inherit it. The planner compiles for TPU topologies without a backend.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 from absl import flags
 import pytest

@@ -33,6 +33,7 @@ EXPECTED = (
     (r'vit_jax\.inspect --checkpoint=/tmp/quickstart', OK, ''),
     (r'vit_jax\.fewshot --checkpoint=/tmp/quickstart', OK, '"results"'),
     (r'configs/inference_time\.py', OK, 'imgs_sec_core_mean'),
+    (r'vit_jax\.plan --config=vit_jax/configs/quickstart\.py', OK, '"fits"'),
     (r'checkpoint download', FAILS, ''),
     (r'checkpoint inspect checkpoints/', FAILS, 'does not exist'),
     (r"pretrained_dir='gs://", FAILS, 'no network'),

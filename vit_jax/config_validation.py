@@ -4,7 +4,7 @@ Every error says which field is wrong and what to set instead, so a bad
 `--config.x=y` fails in a second rather than after minutes of compilation.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 from absl import logging
 import jax
@@ -118,11 +118,14 @@ def _check_model(config) -> None:
 
 
 def resolve_and_validate(
-    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    config: ml_collections.ConfigDict, *,
+    num_devices: Optional[int] = None) -> ml_collections.ConfigDict:
   """Returns a resolved copy of `config`, or raises ConfigError.
 
   Resolves the model fields from `model_name` and checks trainer, dataset,
-  model/crop compatibility, batch divisibility, schedule and mesh.
+  model/crop compatibility, batch divisibility, schedule and mesh. The mesh
+  is checked against `num_devices` (default: `jax.device_count()`; the
+  planner passes the device count of a TPU topology it compiles for).
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
@@ -153,7 +156,7 @@ def resolve_and_validate(
          "'skip'.")
   try:
     data, _ = partitioning.mesh_shape(config.mesh.data, config.mesh.model,
-                                      jax.device_count())
+                                      num_devices or jax.device_count())
   except partitioning.MeshError as e:
     raise ConfigError(str(e)) from e
   _check_batches(config, data)
