@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import models
 from vit_jax import partitioning
 from vit_jax import plan
 from vit_jax import train
@@ -72,7 +73,7 @@ class CompileTest(absltest.TestCase):
     resolved = plan.resolve(config, devices, 'v5e:2x2')
     model = train.create_model(resolved, 10)
     tx, lr_fn = train.create_optimizer(resolved)
-    params = train.abstract_params(model, 32)
+    params = models.abstract_params(model, 32)
     opt = jax.eval_shape(tx.init, params)
     state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
                              params=params, opt_state=opt)

@@ -27,6 +27,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from vit_jax import configs
+
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, TensorBoard events, train.log and the '
     'exported model.')
@@ -44,23 +46,11 @@ _CPU_TUNING = flags.DEFINE_bool(
     'cpu_tuning', False, 'CPU only: XLA:CPU flags, transparent huge pages '
     '(re-runs the process) and a frozen GC; see README "Speed".')
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-
-
 def resolve_config_arg(argv):
   """Maps `--config=configs/x.py[:arg]` to this package's file if needed."""
-  out = []
-  for arg in argv:
-    if arg.startswith('--config='):
-      path, sep, rest = arg[len('--config='):].partition(':')
-      if not os.path.exists(path):
-        for candidate in (os.path.join(_PACKAGE, path),
-                          os.path.join(os.path.dirname(_PACKAGE), path)):
-          if os.path.exists(candidate):
-            arg = f'--config={candidate}{sep}{rest}'
-            break
-    out.append(arg)
-  return out
+  prefix = '--config='
+  return [prefix + configs.locate(a[len(prefix):]) if a.startswith(prefix)
+          else a for a in argv]
 
 
 def parse_flags(argv):

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from vit_jax import config_validation
+from vit_jax import configs
+from vit_jax import models
 from vit_jax import partitioning
 
 GIB = 2**30
@@ -219,8 +221,7 @@ def analytic_flops(model, crop: int) -> float:
   params), so it holds for ViT, hybrids and Mixer alike; the backward pass
   is taken as twice the forward, the usual convention.
   """
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  params = train.abstract_params(model, crop)
+  params = models.abstract_params(model, crop)
   x = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)
   jaxpr = jax.make_jaxpr(
       lambda p, x: model.apply({'params': p}, x, train=False))(params, x)
@@ -284,7 +285,7 @@ def plan(config: ml_collections.ConfigDict, *, topology: str,
   data, model_axis = partitioning.mesh_shape(config.mesh.data,
                                              config.mesh.model, n)
   record = {
-      'model': config.model_name, 'topology': topology,
+      'model': config_validation.model_name(config), 'topology': topology,
       'chip': devices[0].device_kind, 'devices': n,
       'mesh': {'data': data, 'model': model_axis}, 'fsdp': config.fsdp,
       'batch': config.batch, 'batch_eval': config.batch_eval,
@@ -490,18 +491,6 @@ def json_line(p: Dict[str, Any]) -> str:
   return json.dumps(p, sort_keys=True, default=str)
 
 
-def resolve_config_path(arg: str) -> str:
-  """'configs/x.py[:a]' -> the file in the installed vit_jax/configs/."""
-  path, sep, rest = arg.partition(':')
-  if not os.path.exists(path):
-    package = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(package, path),
-                      os.path.join(os.path.dirname(package), path)):
-      if os.path.exists(candidate):
-        return f'{candidate}{sep}{rest}'
-  return arg
-
-
 def main_command(argv: Sequence[str], changed: Sequence[str]) -> str:
   """The main.py command line of this plan, minus the fields to change."""
   keep = [a for a in argv[1:] if a.startswith('--config') and not any(
@@ -541,7 +530,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   classes = flags.DEFINE_integer('num_classes', None, 'Classes (default: '
                                  "from the dataset preset).")
   with_eval = flags.DEFINE_bool('eval', True, 'Also compile the eval step.')
-  resolved = [resolve_config_path(a[len('--config='):]).join(
+  resolved = [configs.locate(a[len('--config='):]).join(
       ('--config=', '')) if a.startswith('--config=') else a for a in argv]
   try:
     flags.FLAGS(resolved)
