@@ -26,14 +26,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAIL_SECONDS = 90  # A failing command on a loaded 2-core machine (imports).
 OK, FAILS = 'ok', 'fails'
+QUICKSTART = r'main\.py --config=vit_jax/configs/quickstart\.py'
 # (regex on the command, expectation, text the output must contain).
 EXPECTED = (
-    (r'configs/quickstart\.py', OK, 'test accuracy'),
+    (r'vit_jax\.plan --config=vit_jax/configs/quickstart\.py', OK, '"fits"'),
+    (QUICKSTART, OK, 'test accuracy'),
     (r'vit_jax\.predict --checkpoint=/tmp/quickstart', OK, ''),
     (r'vit_jax\.inspect --checkpoint=/tmp/quickstart', OK, ''),
     (r'vit_jax\.fewshot --checkpoint=/tmp/quickstart', OK, '"results"'),
     (r'configs/inference_time\.py', OK, 'imgs_sec_core_mean'),
-    (r'vit_jax\.plan --config=vit_jax/configs/quickstart\.py', OK, '"fits"'),
     (r'checkpoint download', FAILS, ''),
     (r'checkpoint inspect checkpoints/', FAILS, 'does not exist'),
     (r"pretrained_dir='gs://", FAILS, 'no network'),
@@ -138,7 +139,7 @@ class ReadmeCommandsTest(absltest.TestCase):
   def test_commands(self):
     commands = [c for c in readme_commands() if c not in SETUP]
     # The quickstart first: predict, inspect and fewshot read its workdir.
-    commands.sort(key=lambda c: 'quickstart.py' not in c)
+    commands.sort(key=lambda c: not re.search(QUICKSTART, c))
     checkpoints = sorted(os.listdir(os.path.join(ROOT, 'checkpoints')))
     for command in commands:
       expected, text = expectation(command)
