@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
@@ -90,7 +91,10 @@ def ensure_digits(root: str | None = None) -> str:
   """
   root = os.path.abspath(root or default_dir())
   if os.path.isdir(root):
+    logging.info('digits: using the image folder cached in %s', root)
     return root
+  logging.info('digits: writing sklearn\'s digits as an image folder to %s '
+               '(once; $VIT_JAX_DATA_DIR moves it)', root)
   parent = os.path.dirname(root)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.digits-partial-', dir=parent)
