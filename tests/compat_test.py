@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from PIL import Image
+import pytest
 import tensorflow_datasets as tfds
 
 from vit_jax import checkpoint
@@ -167,6 +168,7 @@ def _original_config(workdir: str, dataset: str, crop: int = 32):
   return config
 
 
+@pytest.mark.slow  # Two whole training runs (~12 s each on 2 cores).
 class TrainAndEvaluateTest(absltest.TestCase):
 
   def test_directory_dataset(self):

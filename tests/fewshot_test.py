@@ -15,6 +15,7 @@ from absl.testing import parameterized
 import jax
 import ml_collections
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import test_util
@@ -307,6 +308,7 @@ class CommandTest(absltest.TestCase):
     self.assertNotIn('Traceback', result.stderr)
 
 
+@pytest.mark.slow  # Whole training runs with few-shot evaluation.
 class TrainingHookTest(absltest.TestCase):
 
   def setUp(self):
