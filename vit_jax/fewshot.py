@@ -412,12 +412,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   args = _parser().parse_args(argv)
-  try:
-    run(args)
-  except errors.UserError as e:  # FewshotError is a DatasetError.
-    print(f'vit_jax.fewshot: {e}', file=sys.stderr)
-    return 1
-  return 0
+  # FewshotError is a DatasetError, so a UserError.
+  return errors.exit_status('vit_jax.fewshot', lambda: run(args))
 
 
 if __name__ == '__main__':

@@ -110,15 +110,13 @@ def _run(config, workdir: str) -> None:
                jax.process_count())
   logging.info('JAX devices: %s', jax.devices())
   logging.info('Config:\n%s', config)
-  if trainer(config) == 'inference_time':
-    from vit_jax import inference_time  # pylint: disable=g-import-not-at-top
-    if _CPU_TUNING.value:
-      host.freeze_imported_objects()
-    inference_time.inference_time(config, workdir)
-    return
+  from vit_jax import inference_time  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   if _CPU_TUNING.value:
-    host.freeze_imported_objects()
+    host.freeze_imported_objects()  # Imports done: see host.py.
+  if trainer(config) == 'inference_time':
+    inference_time.inference_time(config, workdir)
+    return
   result = train.run(config, workdir)
   logging.info('Done: step %d, test accuracy %.5f. Written: %s', result.step,
                result.accuracy, '; '.join(

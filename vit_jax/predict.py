@@ -213,12 +213,8 @@ def run(args: argparse.Namespace) -> List[Prediction]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
   args = _parser().parse_args(argv)
-  try:
-    run(args)
-  except errors.UserError as e:  # PredictError, ImageError too.
-    print(f'vit_jax.predict: {e}', file=sys.stderr)
-    return 1
-  return 0
+  # PredictError and images.ImageError are UserErrors too.
+  return errors.exit_status('vit_jax.predict', lambda: run(args))
 
 
 if __name__ == '__main__':

@@ -467,7 +467,7 @@ def _record_config(workdir: str, config, *, resuming: bool) -> str:
       before = json.load(f)
     changed = [f'{k}: {before.get(k)!r} -> {flat.get(k)!r}'
                for k in sorted(set(before) | set(flat))
-               if before.get(k) != flat.get(k) and k != 'config.dataset']
+               if before.get(k) != flat.get(k)]
     if changed:
       logging.warning(
           'Resuming %s with a config that differs from the one it was '
