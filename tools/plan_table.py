@@ -88,9 +88,11 @@ def run(results, only):
 def search(results, only):
   """The --fit search of `only`'s rows, one recorded compile per step.
 
-  Reuses each row's accum_steps=8 result (a `run` job), then binary-searches
-  the divisors of the per-device batch like `python -m vit_jax.plan --fit`,
-  recording every compile as job '<row>~a<accum_steps>'.
+  Reuses each row's accum_steps=8 result (a `run` job), tries
+  accum_steps=1, then binary-searches the divisors of the per-device batch
+  like `python -m vit_jax.plan --fit`, recording every compile as job
+  '<row>~a<accum_steps>'. Same answer as --fit (memory falls as the
+  micro-batch shrinks); one compile where a whole batch share fits.
   """
   base_jobs = {job: (row, cmd) for job, row, cmd in jobs()}
   for row in only:
@@ -102,8 +104,12 @@ def search(results, only):
     per_device = p['batch'] // p['mesh']['data']
     divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
     lo, hi = 0, len(divisors) - 1
+    first = True
     while lo <= hi:
-      mid = (lo + hi) // 2
+      # One image per micro-batch first: where it fits (most rows on the
+      # 32 and 95 GiB chips) one compile answers; then a binary search.
+      mid = lo if first else (lo + hi) // 2
+      first = False
       fits = _fits_at(results, row, divisors[mid])
       if fits is None:
         cmd = base_jobs[row][1] + [f'--config.accum_steps={divisors[mid]}']
@@ -125,10 +131,20 @@ def _fits_at(results, row, accum):
   return None
 
 
+def _git(*args):
+  return subprocess.run(['git', *args], cwd=REPO, capture_output=True,
+                        text=True).stdout.strip()
+
+
 def _compile_job(results, job, row, cmd):
   """Runs one plan command, appends its record; False if claimed."""
-  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
-                          capture_output=True, text=True).stdout.strip()
+  commit = _git('rev-parse', '--short', 'HEAD')
+  # The code that builds and compiles the step, by content: a record stays
+  # valid for any commit whose vit_jax/ and configs/ trees are these.
+  code = ' '.join(_git('rev-parse', '--short', f'HEAD:{d}').strip()
+                  for d in ('vit_jax', 'configs'))
+  if _git('status', '--porcelain', '--', 'vit_jax', 'configs'):
+    code += ' (uncommitted changes)'
   try:
     lock = os.open(f'{results}.{job}.lock', os.O_CREAT | os.O_EXCL)
   except FileExistsError:
@@ -138,7 +154,8 @@ def _compile_job(results, job, row, cmd):
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   record = {'job': job, 'row': row,
             'command': ' '.join(['python'] + cmd[1:]),
-            'commit': commit, 'cpu': _cpu(), 'wall_s': time.time() - t0,
+            'commit': commit, 'code': code, 'cpu': _cpu(),
+            'wall_s': time.time() - t0,
             'returncode': proc.returncode}
   if proc.returncode == 0:
     record['plan'] = json.loads(proc.stdout.strip().splitlines()[-1])
