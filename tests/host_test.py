@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import weakref
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -127,6 +128,91 @@ class FreezeTest(absltest.TestCase):
     gc.unfreeze()
     gc.collect()
     self.assertIsNone(old_ref())
+
+
+_LIBTPU_NOISE = (
+    'Failed to find host bounds for accelerator type: WARNING: could not '
+    'determine TPU accelerator type\n'
+    'WARNING: Logging before InitGoogle() is written to STDERR\n'
+    "E0000 common_lib.cc:554] INVALID_ARGUMENT: unexpected worker hostname "
+    "from env var TPU_WORKER_HOSTNAMES\n"
+    '=== Source Location Trace: === \n'
+    'learning/45eac/tfrc/runtime/libtpu_init_utils.cc:327\n')
+_OTHER = 'W cuda_driver.cc:1] a GPU warning worth reading\n'
+
+
+class _Device:
+
+  def __init__(self, platform):
+    self.platform = platform
+
+
+class StartBackendsTest(parameterized.TestCase):
+  """host.start_backends drops libtpu's lines only where no TPU came up."""
+
+  def _start(self, devices):
+    """(stderr text, exception) of start_backends with a fake jax.devices
+    that prints libtpu's noise and another line to fd 2."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    def fake_devices():
+      os.write(2, (_LIBTPU_NOISE + _OTHER).encode())
+      if isinstance(devices, Exception):
+        raise devices
+      return devices
+
+    env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+    error = None
+    with tempfile.TemporaryFile() as out, mock.patch.dict(
+        os.environ, env, clear=True), mock.patch.object(
+            jax, 'devices', fake_devices), mock.patch.object(
+                host, '_tpu_chips_present', return_value=False), mock.patch(
+                    'importlib.util.find_spec', return_value=object()):
+      saved = os.dup(2)
+      os.dup2(out.fileno(), 2)
+      stderr, sys.stderr = sys.stderr, os.fdopen(os.dup(2), 'w')
+      try:
+        host.start_backends()
+      except RuntimeError as e:
+        error = e
+      finally:
+        sys.stderr.close()
+        sys.stderr = stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+      out.seek(0)
+      return out.read().decode(), error
+
+  def test_no_tpu_drops_libtpu_lines_keeps_others(self):
+    text, error = self._start([_Device('cpu')])
+    self.assertIsNone(error)
+    self.assertEqual(text, _OTHER)
+
+  def test_tpu_backend_keeps_everything(self):
+    text, _ = self._start([_Device('tpu')])
+    self.assertEqual(text, _LIBTPU_NOISE + _OTHER)
+
+  def test_failed_start_keeps_everything_and_raises(self):
+    text, error = self._start(RuntimeError('no backend'))
+    self.assertIsInstance(error, RuntimeError)
+    self.assertEqual(text, _LIBTPU_NOISE + _OTHER)
+
+  def test_real_libtpu_on_this_machine_is_quiet(self):
+    """A fresh process, as a command line starts: no libtpu line."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec('libtpu') is None:
+      self.skipTest('libtpu is not installed (the test extra brings it on '
+                    'Linux x86-64)')
+    env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+    code = ('from vit_jax import host; host.start_backends(); import jax; '
+            'print([d.platform for d in jax.devices()])')
+    proc = subprocess.run([sys.executable, '-c', code], env=env,
+                          capture_output=True, text=True, timeout=120)
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    if "'tpu'" in proc.stdout:
+      self.skipTest('this machine has a TPU')
+    for marker in host._NO_TPU_NOISE:
+      self.assertNotIn(marker, proc.stderr)
 
 
 if __name__ == '__main__':

@@ -261,6 +261,7 @@ def main(argv=None) -> None:
   if args.no_cpu_tuning:
     flags = ()
   host_setup(xla_flags=flags, cache_dir=args.cache_dir)
+  host.start_backends()
   config = benchmark_config(
       model=args.model, res=args.res, batch=args.batch,
       optim_dtype=args.optim_dtype, dtype=args.dtype,

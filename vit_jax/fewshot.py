@@ -412,6 +412,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
   args = _parser().parse_args(argv)
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.start_backends()
   # FewshotError is a DatasetError, so a UserError.
   return errors.exit_status('vit_jax.fewshot', lambda: run(args))
 

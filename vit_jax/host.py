@@ -166,3 +166,54 @@ def prepare_command(argv: Sequence[str] = (), *, default: bool = False,
     if xla_flags:
       set_xla_flags()
   return tuning
+
+
+# What libtpu prints on fd 2 when it is installed (jax[tpu]; this project's
+# test extra) on a machine without TPU chips, while JAX tries and fails to
+# start a 'tpu' backend: unset TPU_WORKER_HOSTNAMES and accelerator type,
+# "Logging before InitGoogle()", a source location trace.
+_NO_TPU_NOISE = ('TPU', 'InitGoogle', 'Source Location Trace', 'libtpu')
+
+
+def _tpu_chips_present() -> bool:
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+  except Exception:  # pylint: disable=broad-except
+    return False  # Private API moved: assume none, as on most machines.
+
+
+def start_backends() -> None:
+  """Starts JAX's backends, without libtpu's noise where there is no TPU.
+
+  For the command lines, after `jax.distributed.initialize` (which must
+  come first) and before anything else touches a device. Where libtpu is
+  installed, JAX_PLATFORMS is unset and the machine has no TPU chip, fd 2
+  is captured while the backends start and replayed without libtpu's lines
+  (unless a TPU backend did come up, or starting failed). Elsewhere this is
+  `jax.devices()`.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  if (os.environ.get('JAX_PLATFORMS') or importlib.util.find_spec('libtpu')
+      is None or _tpu_chips_present()):
+    jax.devices()
+    return
+  sys.stderr.flush()
+  console = os.dup(2)
+  platforms = set()
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      platforms = {d.platform for d in jax.devices()}
+    finally:
+      sys.stderr.flush()
+      os.dup2(console, 2)
+      os.close(console)
+      captured.seek(0)
+      lines = captured.read().decode(errors='replace').splitlines(True)
+      if platforms and 'tpu' not in platforms:
+        lines = [l for l in lines if not any(m in l for m in _NO_TPU_NOISE)]
+      sys.stderr.write(''.join(lines))
+      sys.stderr.flush()

@@ -104,6 +104,7 @@ def _run(config, workdir: str) -> None:
   from vit_jax import host  # pylint: disable=g-import-not-at-top
   from vit_jax import utils  # pylint: disable=g-import-not-at-top
   _initialize_distributed()
+  host.start_backends()  # Without libtpu's noise on a machine with no TPU.
   utils.enable_compilation_cache(config.get('compilation_cache'), workdir)
   import jax  # pylint: disable=g-import-not-at-top
   logging.info('JAX process: %d / %d', jax.process_index(),

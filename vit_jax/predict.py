@@ -213,6 +213,8 @@ def run(args: argparse.Namespace) -> List[Prediction]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
   args = _parser().parse_args(argv)
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  host.start_backends()
   # PredictError and images.ImageError are UserErrors too.
   return errors.exit_status('vit_jax.predict', lambda: run(args))
 

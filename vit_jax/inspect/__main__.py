@@ -12,6 +12,7 @@ if __name__ == '__main__':  # First, before the heavy imports: see host.py.
 from absl import app
 from absl import flags
 
+from vit_jax import host
 from vit_jax.inspect import cli
 
 _MODEL = flags.DEFINE_string(
@@ -55,6 +56,7 @@ def _main(argv):
       resolution=_RESOLUTION.value, max_images=_MAX_IMAGES.value,
       batch_size=_BATCH_SIZE.value, rollout_images=_ROLLOUT_IMAGES.value,
       renormalize=_RENORMALIZE.value)
+  host.start_backends()
   raise SystemExit(cli.main(opts, show_traceback=_TRACEBACK.value))
 
 

@@ -27,6 +27,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
+from vit_jax import host
 from vit_jax import models
 from vit_jax.inspect import analysis
 from vit_jax.inspect import filters
@@ -102,6 +103,7 @@ def _define_flags():
 
 def main(argv):
   del argv
+  host.start_backends()
   f = flags.FLAGS
   out = run(f.model, f.batch, f.res, f.repeats)
   print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
