@@ -9,6 +9,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from unittest import mock
@@ -113,6 +114,36 @@ class CompileTest(absltest.TestCase):
     self.assertIn('fits: NO', text)
     self.assertIn('rerun with --fit to find the smallest accum_steps', text)
 
+  def test_usable_hbm_is_what_the_compiler_offers(self):
+    # 2 x 149 GiB of sort buffers: more than any chip's HBM.
+    too_big = jax.jit(lambda v: jnp.sort(jnp.outer(v, v), axis=0)[0])
+    for name, topology in (('v5e', 'v5e:2x2'), ('v4', 'v4:2x2x1'),
+                           ('v5p', 'v5p:2x2x1'), ('v6e', 'v6e:2x2')):
+      device = plan.topology_devices(topology)[0]
+      x = jax.ShapeDtypeStruct(
+          (200_000,), jnp.float32,
+          sharding=jax.sharding.SingleDeviceSharding(device))
+      with self.assertRaisesRegex(jax.errors.JaxRuntimeError,
+                                  'available HBM') as caught:
+        too_big.lower(x).compile()
+      offered = re.search(r'available HBM \(([\d.]+)G\)',
+                          str(caught.exception)).group(1)
+      self.assertAlmostEqual(plan.CHIPS[name].usable_bytes / 2**30,
+                             float(offered), places=2, msg=name)
+
+  def test_fits_means_all_bytes_within_what_the_compiler_offers(self):
+    # A step the compiler accepts can still need more than it offers once
+    # its arguments are counted: 15.9 GiB fits a 16 GiB v5e chip's HBM
+    # but not the 15.75 GiB a program gets.
+    config = tiny_config()
+    for total_gib, fits in ((15.9, False), (15.7, True)):
+      fake = {'arguments': 0, 'temporaries': 0, 'outputs': 0, 'aliased': 0,
+              'code': 0, 'total': int(total_gib * 2**30)}
+      with mock.patch.object(plan, 'memory_bytes', return_value=fake):
+        report = plan.plan(config, topology='v5e:2x2', with_eval=False)
+      self.assertEqual(report['fits'], fits, total_gib)
+      self.assertIn('usable by a program', plan.format_report(report))
+
   def test_cli_prints_table_and_json_without_native_noise(self):
     proc = run_cli('--config=configs/vit.py:testing,cifar10',
                    '--topology=v5e:2x2', *TINY)
@@ -198,6 +229,7 @@ class FitSearchTest(absltest.TestCase):
       self.compiled.append((accum, config.fsdp))
       return {'batch': config.batch, 'mesh': {'data': 8, 'model': 1},
               'devices': 8, 'accum_steps': accum, 'hbm_bytes': limit,
+              'usable_hbm_bytes': limit,
               'per_device_bytes': {'train': {'total': total}},
               'fits': total <= limit, 'roofline_step_s': 1.0,
               'compiler_flops_per_step': 1.0}

@@ -6,9 +6,11 @@ r"""docs/plan.md's table: the published fine-tuning runs planned for TPU slices.
 `run` compiles each row with `python -m vit_jax.plan --noeval` (the
 original's configs/vit.py cifar10 preset: crop 384, batch 512, accum_steps
 8, float32), then runs each row's `--fit` search, and appends every JSON
-line, with the command, commit and CPU, to the results file. Jobs already
-there are skipped and a job being compiled is claimed with a lock file, so
-several `run`s can share the work and a killed one can be restarted. `markdown` prints the table from the results.
+line, with the command, commit, `git rev-parse HEAD:vit_jax` (`code`: the
+records hold for every commit with that tree) and CPU, to the results file.
+Jobs already there are skipped and a job being compiled is claimed with a
+lock file, so several `run`s can share the work and a killed one can be
+restarted. `markdown` prints the table from the results.
 """
 
 import argparse
@@ -104,6 +106,9 @@ def search(results, only):
     per_device = p['batch'] // p['mesh']['data']
     divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
     lo, hi = 0, len(divisors) - 1
+    if p['accum_steps'] in divisors:  # The row's own compile bounds it.
+      at = divisors.index(p['accum_steps'])
+      lo, hi = (lo, at - 1) if _fits(p) else (at + 1, hi)
     first = True
     while lo <= hi:
       # One image per micro-batch first: where it fits (most rows on the
@@ -122,12 +127,22 @@ def search(results, only):
         lo = mid + 1
 
 
+def _fits(p):
+  """Whether a recorded train step fits, by vit_jax.plan's rule (every
+  byte within what the chip's compiler offers a program): records made
+  before that rule was last changed are judged by the current one."""
+  from vit_jax import plan  # pylint: disable=g-import-not-at-top
+  train = p['per_device_bytes']['train']
+  usable = plan.CHIPS[p['topology'].split(':')[0]].usable_bytes
+  return bool(train) and not p['compiler_oom'] and train['total'] <= usable
+
+
 def _fits_at(results, row, accum):
   """True/False from a recorded compile of `row` at `accum`, else None."""
   for job, r in _done(results).items():
     if r['row'] == row and 'plan' in r and (
         r['plan']['accum_steps'] == accum) and '#fit' not in job:
-      return r['plan']['fits']
+      return _fits(r['plan'])
   return None
 
 
@@ -139,11 +154,10 @@ def _git(*args):
 def _compile_job(results, job, row, cmd):
   """Runs one plan command, appends its record; False if claimed."""
   commit = _git('rev-parse', '--short', 'HEAD')
-  # The code that builds and compiles the step, by content: a record stays
-  # valid for any commit whose vit_jax/ and configs/ trees are these.
-  code = ' '.join(_git('rev-parse', '--short', f'HEAD:{d}').strip()
-                  for d in ('vit_jax', 'configs'))
-  if _git('status', '--porcelain', '--', 'vit_jax', 'configs'):
+  # The code that builds and compiles the step (configs included), by
+  # content: a record holds for any commit whose vit_jax/ tree is this one.
+  code = _git('rev-parse', '--short', 'HEAD:vit_jax')
+  if _git('status', '--porcelain', '--', 'vit_jax'):
     code += ' (uncommitted changes)'
   try:
     lock = os.open(f'{results}.{job}.lock', os.O_CREAT | os.O_EXCL)
@@ -176,7 +190,7 @@ def _searched(done, row):
   """'smallest accum_steps (GiB/chip)' from `search`'s compiles, or None."""
   tried = {r['plan']['accum_steps']: r['plan'] for job, r in done.items()
            if r['row'] == row and 'plan' in r and '#fit' not in job}
-  fitting = sorted(a for a, p in tried.items() if p['fits'])
+  fitting = sorted(a for a, p in tried.items() if _fits(p))
   if not fitting:
     return None
   best = fitting[0]
@@ -233,7 +247,7 @@ def markdown(results):
     lines.append(
         f"| {label} | {name} | {p['devices']} | {mesh} | "
         f"{_gib((p['per_device_bytes']['train'] or {}).get('total'))} | "
-        f"{'yes' if p['fits'] else 'no'} | {_fit_cell(fit, done, row)} | "
+        f"{'yes' if _fits(p) else 'no'} | {_fit_cell(fit, done, row)} | "
         f"{'-' if roof is None else f'{roof:.2f}'} | "
         f"{p['train_compile_s']:.0f} |")
   return '\n'.join(lines)

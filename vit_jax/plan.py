@@ -47,26 +47,30 @@ class Chip:
   hbm_bytes: int  # HBM capacity.
   peak_flops: float  # Peak bf16 FLOP/s.
   hbm_bandwidth: float  # HBM bytes/s.
+  # What of it the TPU compiler offers a program: the "available HBM" of
+  # its out-of-memory message (libtpu 0.0.42; checked by tests/plan_test).
+  usable_bytes: int
   topology_kwargs: Tuple[Tuple[str, str], ...] = ()
 
 
 # Figures from the Cloud TPU system-architecture pages
 # (https://cloud.google.com/tpu/docs/<v4|v5e|v5p|v6e>). HBM sizes are binary:
 # the pages say "16 GB" for v5e, and its TPU compiler's allocator reports a
-# memory size of 17179869184 bytes = 16 GiB (of which it offers 15.75 GiB to
-# a program; a step that needs more fails to compile, see `plan`).
+# memory size of 17179869184 bytes = 16 GiB. The usable part is the
+# compiler's: it refuses a program whose temporaries exceed it, and a step
+# fits when all its bytes (arguments too) do not (see `plan`).
 CHIPS: Dict[str, Chip] = {
     # docs/v4: 275 TFLOPs bf16, HBM2 32 GiB at 1200 GBps. A v4 chip has two
     # TensorCores that JAX drives as one device ("megacore"), as on a v4 VM.
-    'v4': Chip(32 * GIB, 275e12, 1200e9,
+    'v4': Chip(32 * GIB, 275e12, 1200e9, int(30.75 * GIB),
                (('chip_config_name', 'megacore'),)),
     # docs/v5e: 197 TFLOPs bf16, HBM2 16 GB at 819 GBps.
-    'v5e': Chip(16 * GIB, 197e12, 819e9),
+    'v5e': Chip(16 * GIB, 197e12, 819e9, int(15.75 * GIB)),
     # docs/v5p: 459 TFLOPs bf16, 95 GiB HBM at 2765 GBps (two TensorCores
-    # per chip, one JAX device).
-    'v5p': Chip(95 * GIB, 459e12, 2765e9),
+    # per chip, one JAX device). Its compiler offers 95.74 GiB.
+    'v5p': Chip(95 * GIB, 459e12, 2765e9, int(95.74 * GIB)),
     # docs/v6e (Trillium): 918 TFLOPs bf16, 32 GB HBM at 1640 GBps.
-    'v6e': Chip(32 * GIB, 918e12, 1640e9),
+    'v6e': Chip(32 * GIB, 918e12, 1640e9, int(31.25 * GIB)),
 }
 EXAMPLES = 'v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4'
 
@@ -292,8 +296,9 @@ def plan(config: ml_collections.ConfigDict, *, topology: str,
       'accum_steps': config.accum_steps, 'crop': config.pp.crop,
       'dtype': config.dtype, 'remat': config.remat,
       'per_device_bytes': steps, 'hbm_bytes': chip.hbm_bytes,
+      'usable_hbm_bytes': chip.usable_bytes,
       'fits': not oom and all(
-          s['total'] <= chip.hbm_bytes for s in steps.values()),
+          s['total'] <= chip.usable_bytes for s in steps.values()),
       'compiler_oom': oom,
       'analytic_flops_per_image': analytic_flops(model, config.pp.crop)}
   record.update(_speed(compiled, chip, config, n))
@@ -374,7 +379,7 @@ def fit(config: ml_collections.ConfigDict, *, topology: str,
 
 def _train_fits(p: Dict[str, Any]) -> bool:
   train_bytes = p['per_device_bytes']['train']
-  return bool(train_bytes) and train_bytes['total'] <= p['hbm_bytes']
+  return bool(train_bytes) and train_bytes['total'] <= p['usable_hbm_bytes']
 
 
 def _train_total(p: Dict[str, Any]) -> Optional[int]:
@@ -428,6 +433,8 @@ def format_report(p: Dict[str, Any]) -> str:
     lines.append(f'  {key:<20}' + ''.join(
         f'{_gib(s[key]) if s else "OOM":>16}' for s in steps.values()))
   lines.append(f"  {'HBM of the chip':<20}{_gib(p['hbm_bytes']):>16}")
+  lines.append(f"  {'usable by a program':<20}"
+               f"{_gib(p['usable_hbm_bytes']):>16}")
   lines.append(f"fits: {'yes' if p['fits'] else 'NO'}")
   if p['compiler_oom']:
     lines.append(f"  the TPU compiler: {p['compiler_oom']}")
@@ -460,7 +467,8 @@ def format_fit(p: Dict[str, Any], command: str) -> str:
     lines.append(f"smallest accum_steps that fits: {f['accum_steps']}")
     changes = {'accum_steps': f['accum_steps']}
   else:
-    lines.append(f"no accum_steps fits in {_gib(p['hbm_bytes'])} per chip.")
+    lines.append(f"no accum_steps fits in {_gib(p['usable_hbm_bytes'])} "
+                 'per chip.')
     changes = None
     for alt in f['alternatives']:
       what = ' '.join(f'--config.{k}={v}' for k, v in alt['changes'].items())
@@ -478,7 +486,7 @@ def format_fit(p: Dict[str, Any], command: str) -> str:
                    'bfloat16 or a smaller --config.batch.')
       return '\n'.join(lines)
   if not p['fits'] and 'eval' in p['per_device_bytes'] and (
-      p['per_device_bytes']['eval']['total'] > p['hbm_bytes']):
+      p['per_device_bytes']['eval']['total'] > p['usable_hbm_bytes']):
     lines.append('The eval step does not fit either: lower '
                  '--config.batch_eval.')
   extra = ' '.join(f'--config.{k}={v}' for k, v in changes.items())
