@@ -250,7 +250,23 @@ def markdown(results):
         f"{'yes' if _fits(p) else 'no'} | {_fit_cell(fit, done, row)} | "
         f"{'-' if roof is None else f'{roof:.2f}'} | "
         f"{p['train_compile_s']:.0f} |")
-  return '\n'.join(lines)
+  return '\n'.join(lines + [''] + provenance(done))
+
+
+def provenance(done):
+  """Which commits (and vit_jax/ trees) compiled the records in use: a
+  job recorded twice counts once, by its last record."""
+  rows_ = {row for row, *_ in rows()}
+  runs = {}
+  for job, r in done.items():
+    if r['row'] in rows_ and 'plan' in r:
+      kind = 'searches' if '~a' in job else 'rows'
+      key = (r['commit'], r.get('code', '?').strip())
+      runs.setdefault(key, {'rows': 0, 'searches': 0})[kind] += 1
+  return [f'Compiled by commit {commit} (vit_jax/ tree {code}): '
+          f"{n['rows']} rows at the config's accum_steps, "
+          f"{n['searches']} search compiles."
+          for (commit, code), n in sorted(runs.items())]
 
 
 def main():
