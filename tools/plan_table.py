@@ -263,8 +263,8 @@ def provenance(done):
       kind = 'searches' if '~a' in job else 'rows'
       key = (r['commit'], r.get('code', '?').strip())
       runs.setdefault(key, {'rows': 0, 'searches': 0})[kind] += 1
-  return [f'Compiled by commit {commit} (vit_jax/ tree {code}): '
-          f"{n['rows']} rows at the config's accum_steps, "
+  return [f'- Compiled by commit {commit} (vit_jax/ tree {code}): '
+          f"{n['rows']} rows at the config's accum_steps,\n  "
           f"{n['searches']} search compiles."
           for (commit, code), n in sorted(runs.items())]
 
