@@ -132,9 +132,9 @@ def _fits(p):
   byte within what the chip's compiler offers a program): records made
   before that rule was last changed are judged by the current one."""
   from vit_jax import plan  # pylint: disable=g-import-not-at-top
-  train = p['per_device_bytes']['train']
-  usable = plan.CHIPS[p['topology'].split(':')[0]].usable_bytes
-  return bool(train) and not p['compiler_oom'] and train['total'] <= usable
+  usable = plan.chip_of(p['topology']).usable_bytes
+  # pylint: disable-next=protected-access
+  return plan._train_fits(dict(p, usable_hbm_bytes=usable))
 
 
 def _fits_at(results, row, accum):
