@@ -9,4 +9,4 @@ See vit_jax/main.py for the flags.
 from vit_jax import main
 
 if __name__ == '__main__':
-  main.run()
+  main.command()

@@ -413,7 +413,7 @@ class CommandLineTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(self.tmp, 'w_key')))
 
   def test_corrupt_pretrained_file(self):
-    self.assert_clean_failure('bad_npz', r'ERROR: .*truncated or corrupt')
+    self.assert_clean_failure('bad_npz', r'vit_jax.main: .*truncated or corrupt')
     workdir = os.path.join(self.tmp, 'w_npz')
     if os.path.exists(workdir):  # The compilation cache may live there.
       self.assertFalse([d for d in os.listdir(workdir)
@@ -422,7 +422,7 @@ class CommandLineTest(absltest.TestCase):
 
   def test_nan_loss(self):
     self.assert_clean_failure(
-        'nan', r'ERROR: Non-finite loss at step \d+ .*the last checkpoint is '
+        'nan', r'vit_jax.main: Non-finite loss at step \d+ .*the last checkpoint is '
         'intact')
     self.assertFalse(os.path.exists(os.path.join(self.tmp, 'w_nan',
                                                  'model.npz')))

@@ -130,89 +130,72 @@ class FreezeTest(absltest.TestCase):
     self.assertIsNone(old_ref())
 
 
-_LIBTPU_NOISE = (
-    'Failed to find host bounds for accelerator type: WARNING: could not '
-    'determine TPU accelerator type\n'
-    'WARNING: Logging before InitGoogle() is written to STDERR\n'
-    "E0000 common_lib.cc:554] INVALID_ARGUMENT: unexpected worker hostname "
-    "from env var TPU_WORKER_HOSTNAMES\n"
-    '=== Source Location Trace: === \n'
-    'learning/45eac/tfrc/runtime/libtpu_init_utils.cc:327\n')
-_OTHER = 'W cuda_driver.cc:1] a GPU warning worth reading\n'
+class PlatformsWithoutTpuTest(parameterized.TestCase):
+  """host.platforms_without_tpu: 'cpu' only where JAX would probe libtpu
+  on a machine that shows no TPU (and no GPU)."""
 
+  def _machine(self, *, dev=(), pci=()):
+    """A fake /dev with `dev` entries and a PCI tree of `pci` vendor ids."""
+    root = self.create_tempdir().full_path
+    dev_dir, pci_dir = os.path.join(root, 'dev'), os.path.join(root, 'pci')
+    os.makedirs(dev_dir)
+    for name in dev:
+      path = os.path.join(dev_dir, name)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      open(path, 'w').close()
+    for i, vendor in enumerate(pci):
+      os.makedirs(os.path.join(pci_dir, f'0000:00:0{i}.0'))
+      with open(os.path.join(pci_dir, f'0000:00:0{i}.0', 'vendor'), 'w') as f:
+        f.write(vendor + '\n')
+    return dict(dev_dir=dev_dir, pci_dir=pci_dir)
 
-class _Device:
+  def test_libtpu_without_tpu_gives_cpu(self):
+    machine = self._machine(pci=('0x1af4', '0x8086'))
+    self.assertEqual(host.platforms_without_tpu(
+        {}, libtpu_installed=True, **machine), 'cpu')
+    self.assertFalse(host.tpu_device_present(**machine))
 
-  def __init__(self, platform):
-    self.platform = platform
+  @parameterized.named_parameters(
+      ('accel', dict(dev=('accel0',))),
+      ('vfio', dict(dev=('vfio/0',))),
+      ('google_pci', dict(pci=('0x8086', '0x1ae0'))),
+      ('nvidia_gpu', dict(dev=('nvidia0',))),
+      ('rocm_gpu', dict(dev=('kfd',))))
+  def test_a_tpu_or_gpu_keeps_jaxs_choice(self, kwargs):
+    machine = self._machine(**kwargs)
+    self.assertIsNone(host.platforms_without_tpu(
+        {}, libtpu_installed=True, **machine))
 
+  def test_users_jax_platforms_wins(self):
+    machine = self._machine()
+    self.assertIsNone(host.platforms_without_tpu(
+        {'JAX_PLATFORMS': 'tpu'}, libtpu_installed=True, **machine))
 
-class StartBackendsTest(parameterized.TestCase):
-  """host.start_backends drops libtpu's lines only where no TPU came up."""
-
-  def _start(self, devices):
-    """(stderr text, exception) of start_backends with a fake jax.devices
-    that prints libtpu's noise and another line to fd 2."""
-    import jax  # pylint: disable=g-import-not-at-top
-
-    def fake_devices():
-      os.write(2, (_LIBTPU_NOISE + _OTHER).encode())
-      if isinstance(devices, Exception):
-        raise devices
-      return devices
-
-    env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
-    error = None
-    with tempfile.TemporaryFile() as out, mock.patch.dict(
-        os.environ, env, clear=True), mock.patch.object(
-            jax, 'devices', fake_devices), mock.patch.object(
-                host, '_tpu_chips_present', return_value=False), mock.patch(
-                    'importlib.util.find_spec', return_value=object()):
-      saved = os.dup(2)
-      os.dup2(out.fileno(), 2)
-      stderr, sys.stderr = sys.stderr, os.fdopen(os.dup(2), 'w')
-      try:
-        host.start_backends()
-      except RuntimeError as e:
-        error = e
-      finally:
-        sys.stderr.close()
-        sys.stderr = stderr
-        os.dup2(saved, 2)
-        os.close(saved)
-      out.seek(0)
-      return out.read().decode(), error
-
-  def test_no_tpu_drops_libtpu_lines_keeps_others(self):
-    text, error = self._start([_Device('cpu')])
-    self.assertIsNone(error)
-    self.assertEqual(text, _OTHER)
-
-  def test_tpu_backend_keeps_everything(self):
-    text, _ = self._start([_Device('tpu')])
-    self.assertEqual(text, _LIBTPU_NOISE + _OTHER)
-
-  def test_failed_start_keeps_everything_and_raises(self):
-    text, error = self._start(RuntimeError('no backend'))
-    self.assertIsInstance(error, RuntimeError)
-    self.assertEqual(text, _LIBTPU_NOISE + _OTHER)
+  def test_without_libtpu_nothing_to_skip(self):
+    machine = self._machine()
+    self.assertIsNone(host.platforms_without_tpu(
+        {}, libtpu_installed=False, **machine))
 
   def test_real_libtpu_on_this_machine_is_quiet(self):
-    """A fresh process, as a command line starts: no libtpu line."""
+    """A fresh process through the command prologue: no libtpu line, no fd
+    redirection (a line written to fd 2 comes through)."""
     import importlib.util  # pylint: disable=g-import-not-at-top
     if importlib.util.find_spec('libtpu') is None:
       self.skipTest('libtpu is not installed (the test extra brings it on '
                     'Linux x86-64)')
+    if host.platforms_without_tpu({}) is None:
+      self.skipTest('this machine has a TPU or a GPU')
     env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
-    code = ('from vit_jax import host; host.start_backends(); import jax; '
-            'print([d.platform for d in jax.devices()])')
+    code = ('import os, jax; from vit_jax import cli\n'
+            'def body(args):\n'
+            '  os.write(2, b"native line\\n")\n'
+            '  print([d.platform for d in jax.devices()])\n'
+            'raise SystemExit(cli.main("t", body, []))\n')
     proc = subprocess.run([sys.executable, '-c', code], env=env,
                           capture_output=True, text=True, timeout=120)
     self.assertEqual(proc.returncode, 0, proc.stderr)
-    if "'tpu'" in proc.stdout:
-      self.skipTest('this machine has a TPU')
-    for marker in host._NO_TPU_NOISE:
-      self.assertNotIn(marker, proc.stderr)
+    self.assertEqual(proc.stdout, "['cpu']\n")
+    self.assertEqual(proc.stderr, 'native line\n')
 
 
 if __name__ == '__main__':

@@ -23,10 +23,10 @@ Run as a command, it applies the CPU tuning that `main.py --cpu_tuning`
 opts into (the benchmark is the speed tool, so it is on by default;
 `--no_cpu_tuning` measures the plain defaults, and the JSON's `cpu_tuning`
 says which): it re-runs itself with huge pages for malloc's large blocks
-(vit_jax/host.py; the JSON has `glibc_tunables` and
+(vit_jax/host.py, through cli.main; the JSON has `glibc_tunables` and
 `page_faults_per_step`), exempts the objects of its imports from Python's
 garbage collector before compiling (`gc_frozen_objects`) and sets the XLA
-CPU flags of `host_setup` before JAX creates its backend. A persistent
+CPU flags of `host_setup` (`--xla_flags`) before JAX creates its backend. A persistent
 compilation cache (default ~/.cache/vit_jax/jax, '' disables) makes a second
 process skip compilation; the JSON says whether the first step hit it.
 """
@@ -37,22 +37,16 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from typing import Any, Dict, Optional, Sequence
-
-NO_CPU_TUNING = '--no_cpu_tuning'
-if __name__ == '__main__':  # First, before the heavy imports: see host.py.
-  import sys  # pylint: disable=g-import-not-at-top
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  # The speed tool: CPU tuning on unless --no_cpu_tuning.
-  _CPU_TUNING = host.prepare_command(sys.argv, default=True,
-                                     xla_flags=False)  # --xla_flags: main.
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vit_jax import cli
 from vit_jax import config_validation
 from vit_jax import host
 from vit_jax import partitioning
@@ -230,7 +224,10 @@ def _loss(out, mode: str) -> Optional[float]:
 
 def parse_args(argv=None) -> argparse.Namespace:
   """Command-line flags (the names of timm_reference.py, plus knobs)."""
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p = argparse.ArgumentParser(
+      prog='python -m vit_jax.benchmark',
+      description=__doc__.split('\n\n')[0],
+      epilog='CPU tuning is on by default here; ' + cli.CPU_TUNING_HELP)
   p.add_argument('--model', default='ViT-B_16')
   p.add_argument('--res', type=int, default=224)
   p.add_argument('--batch', type=int, default=8)
@@ -248,20 +245,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="XLA flags (default: DEFAULT_XLA_FLAGS; '' for none).")
   p.add_argument('--no_peak', action='store_true',
                  help='Skip the matmul peak measurement.')
-  p.add_argument(NO_CPU_TUNING, action='store_true',
-                 help='No huge pages, XLA:CPU flags or GC freeze: the '
-                 'defaults of main.py.')
   return p.parse_args(argv)
 
 
-def main(argv=None) -> None:
-  args = parse_args(argv)
+def benchmark_command(args: Sequence[str], *, cpu_tuning: bool) -> None:
+  """The command's body: times the step, prints one JSON line."""
+  args = parse_args(args)
   flags = (DEFAULT_XLA_FLAGS if args.xla_flags is None
            else args.xla_flags.split())
-  if args.no_cpu_tuning:
+  if not cpu_tuning:
     flags = ()
   host_setup(xla_flags=flags, cache_dir=args.cache_dir)
-  host.start_backends()
   config = benchmark_config(
       model=args.model, res=args.res, batch=args.batch,
       optim_dtype=args.optim_dtype, dtype=args.dtype,
@@ -269,11 +263,17 @@ def main(argv=None) -> None:
   record = run(config, mode=args.mode, steps=args.steps, warmup=args.warmup,
                num_classes=args.num_classes,
                peak_flops=0.0 if args.no_peak else None)
-  record['cpu_tuning'] = not args.no_cpu_tuning
+  record['cpu_tuning'] = cpu_tuning
   print(json.dumps(record))
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m vit_jax.benchmark` (CPU tuning on unless --no_cpu_tuning);
+  the backends start in the body, after its XLA flags."""
+  return cli.main('vit_jax.benchmark', benchmark_command, argv,
+                  cpu_tuning_default=True, xla_flags=False,
+                  start_backends=False, tell_cpu_tuning=True)
+
+
 if __name__ == '__main__':
-  if _CPU_TUNING:
-    host.freeze_imported_objects()  # Imports done: see host.py.
-  main()
+  sys.exit(main())

@@ -37,14 +37,11 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from typing import Tuple
 
-if __name__ == '__main__':  # First, before the heavy imports: see host.py.
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  _CPU_TUNING = host.prepare_command(sys.argv)
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import cli
 from vit_jax import fewshot_solver
 from vit_jax import input_pipeline
 from vit_jax import partitioning
@@ -309,11 +306,8 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.fewshot',
       description='Few-shot linear accuracy of a checkpoint\'s pre-logits '
-      'features.')
+      'features.', epilog=cli.CPU_TUNING_HELP)
   add = parser.add_argument
-  add('--cpu_tuning', action='store_true',
-      help='CPU only: XLA:CPU flags, huge pages, a frozen GC (README '
-      '"Speed"; applied by host.prepare_command)')
   add('--checkpoint', required=True,
       help='training workdir, its model.npz, or an official .npz file')
   add('--model', default=None, help='registered model name (e.g. ViT-B_16); '
@@ -367,8 +361,10 @@ def _load(args) -> Tuple[Any, Any, str, int]:
   return loaded.model, params, loaded.model_name, loaded.resolution
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
-  """Loads and checks everything, computes features, prints the results."""
+def fewshot_command(args: Sequence[str]) -> Dict[str, Any]:
+  """The command's body: parses `args` (without the program name), loads
+  and checks everything, computes features, prints the results."""
+  args = _parser().parse_args(args)
   import tqdm  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   seeds = tuple(range(args.seeds))
@@ -410,15 +406,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
-  from vit_jax import errors  # pylint: disable=g-import-not-at-top
-  args = _parser().parse_args(argv)
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.start_backends()
   # FewshotError is a DatasetError, so a UserError.
-  return errors.exit_status('vit_jax.fewshot', lambda: run(args))
+  return cli.main('vit_jax.fewshot', fewshot_command, argv)
 
 
 if __name__ == '__main__':
-  if _CPU_TUNING:
-    host.freeze_imported_objects()  # Imports done: see host.py.
   sys.exit(main())

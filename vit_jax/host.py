@@ -1,27 +1,23 @@
-"""Process set-up for the command lines: huge pages, and a frozen heap.
+"""Process set-up for the command lines (`cli.main` calls it; library code
+never does): opt-in CPU tuning, and which JAX platforms to start.
 
-XLA:CPU allocates each execution's temporary buffer with malloc in one
-block (750 MB for a ViT-Ti/16 train step at batch 16, 1.76 GB for ViT-B/16
-at batch 8) and frees it when the step ends. glibc serves blocks that large
-with mmap and unmaps them on free, so every step faults its whole temporary
-buffer back in, 4 KiB at a time: 186k page faults and ~0.35 s of kernel time
-per Ti/16 step, 430k and ~1 s per B/16 step (bench/RESULTS.md). With glibc's
-`glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages for
-such blocks (madvise), and the same step takes ~900 faults of 2 MiB.
+CPU tuning (`--cpu_tuning`) re-runs the process with glibc's
+`glibc.malloc.hugetlb=1` tunable, so that malloc backs XLA:CPU's large
+per-step temporary buffers with transparent huge pages instead of faulting
+them in 4 KiB at a time on every step; the tunable is read once, at process
+start, hence the re-run. It also sets XLA:CPU flags and freezes the heap
+after the imports. bench/RESULTS.md has the measurements. Set
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to keep 4 KiB pages (a hugetlb value
+of your own is never overridden).
 
-The tunable is read once, when the process starts, so a command line that
-opts in re-runs itself with it (`rerun_with_huge_pages`) before JAX starts:
-`python -m vit_jax.main --cpu_tuning` (off by default: the process, its
-config file and any `%run` in a notebook would run twice), and the speed
-benchmark, which says so in its JSON (`glibc_tunables`). Set
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` to keep 4 KiB pages (a hugetlb
-value of your own is never overridden). Only the standard library here:
-importing this must stay instant; library code never calls it.
-
-`freeze_imported_objects` serves the first compile: see its docstring.
+`platforms_without_tpu` keeps libtpu's start-up complaints off machines
+without a TPU by naming the platforms JAX should start. Only the standard
+library at import: importing this must stay instant.
 """
 
 import gc
+import glob
+import importlib.util
 import logging
 import os
 import platform
@@ -74,8 +70,8 @@ def rerun_with_huge_pages() -> None:
   """Replaces this process (same pid, arguments and interpreter options) by
   one whose malloc uses transparent huge pages; returns when not needed.
 
-  Only for `if __name__ == '__main__':` blocks of command lines, before the
-  heavy imports: library code must never call it.
+  Only for the command prologue (`cli.main`): library code must never call
+  it.
   """
   env = huge_pages_environ()
   if env is None:
@@ -139,81 +135,65 @@ def set_xla_flags(xla_flags: Sequence[str] = XLA_CPU_FLAGS) -> str:
   return os.environ.get('XLA_FLAGS', '')
 
 
-CPU_TUNING_FLAG = '--cpu_tuning'
-
-
-def prepare_command(argv: Sequence[str] = (), *, default: bool = False,
-                    xla_flags: bool = True) -> bool:
-  """The prologue of every command line; returns whether CPU tuning is on.
-
-  Call first thing under `if __name__ == '__main__':`, before the heavy
-  imports. CPU tuning (`--cpu_tuning` in argv, or `default`; `--no_cpu_
-  tuning` / `--nocpu_tuning` turn a default off) re-runs the process with
-  huge pages and sets `XLA_CPU_FLAGS` (unless `xla_flags` is False: a
-  command that takes its own XLA flags sets them); the command then calls
-  `freeze_imported_objects()` after its imports. Without it nothing about
-  the process changes.
+def tune_process(*, xla_flags: bool = True) -> None:
+  """CPU tuning, all of it: huge pages (re-runs the process), the XLA:CPU
+  flags (unless `xla_flags` is False: a command that takes its own XLA flags
+  sets them) and a frozen heap. For `cli.main` only, once the command's
+  imports are done and before JAX creates its backends.
   """
-  argv = list(argv)
-  tuning = default
-  if any(a in argv for a in (CPU_TUNING_FLAG, CPU_TUNING_FLAG + '=true')):
-    tuning = True
-  if any(a in argv for a in ('--no_cpu_tuning', '--nocpu_tuning',
-                             CPU_TUNING_FLAG + '=false')):
-    tuning = False
-  if tuning:
-    rerun_with_huge_pages()
-    if xla_flags:
-      set_xla_flags()
-  return tuning
+  rerun_with_huge_pages()
+  if xla_flags:
+    set_xla_flags()
+  freeze_imported_objects()
 
 
-# What libtpu prints on fd 2 when it is installed (jax[tpu]; this project's
-# test extra) on a machine without TPU chips, while JAX tries and fails to
-# start a 'tpu' backend: unset TPU_WORKER_HOSTNAMES and accelerator type,
-# "Logging before InitGoogle()", a source location trace.
-_NO_TPU_NOISE = ('TPU', 'InitGoogle', 'Source Location Trace', 'libtpu')
+# Where a TPU shows itself without starting any runtime: TPU v4 and later
+# VMs have /dev/accel*, v5e/v6e VMs /dev/vfio/*, and every TPU chip is a PCI
+# device of Google's vendor id. GPUs: NVIDIA's device nodes (WSL2: dxg) and
+# ROCm's kfd.
+GOOGLE_PCI_VENDOR = '0x1ae0'
+_GPU_NODES = ('nvidia0', 'nvidiactl', 'dxg', 'kfd')
 
 
-def _tpu_chips_present() -> bool:
-  try:
-    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-  except Exception:  # pylint: disable=broad-except
-    return False  # Private API moved: assume none, as on most machines.
-
-
-def start_backends() -> None:
-  """Starts JAX's backends, without libtpu's noise where there is no TPU.
-
-  For the command lines, after `jax.distributed.initialize` (which must
-  come first) and before anything else touches a device. Where libtpu is
-  installed, JAX_PLATFORMS is unset and the machine has no TPU chip, fd 2
-  is captured while the backends start and replayed without libtpu's lines
-  (unless a TPU backend did come up, or starting failed). Elsewhere this is
-  `jax.devices()`.
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  if (os.environ.get('JAX_PLATFORMS') or importlib.util.find_spec('libtpu')
-      is None or _tpu_chips_present()):
-    jax.devices()
-    return
-  sys.stderr.flush()
-  console = os.dup(2)
-  platforms = set()
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
+def tpu_device_present(*, dev_dir: str = '/dev',
+                       pci_dir: str = '/sys/bus/pci/devices') -> bool:
+  """Whether this machine shows a TPU (device nodes or a Google PCI device);
+  reads a few files, starts nothing."""
+  if glob.glob(os.path.join(dev_dir, 'accel*')) or glob.glob(
+      os.path.join(dev_dir, 'vfio', '*')):
+    return True
+  for vendor in glob.glob(os.path.join(pci_dir, '*', 'vendor')):
     try:
-      platforms = {d.platform for d in jax.devices()}
-    finally:
-      sys.stderr.flush()
-      os.dup2(console, 2)
-      os.close(console)
-      captured.seek(0)
-      lines = captured.read().decode(errors='replace').splitlines(True)
-      if platforms and 'tpu' not in platforms:
-        lines = [l for l in lines if not any(m in l for m in _NO_TPU_NOISE)]
-      sys.stderr.write(''.join(lines))
-      sys.stderr.flush()
+      with open(vendor) as f:
+        if f.read().strip() == GOOGLE_PCI_VENDOR:
+          return True
+    except OSError:
+      continue
+  return False
+
+
+def platforms_without_tpu(
+    environ: Mapping[str, str] = os.environ, *,
+    libtpu_installed: Optional[bool] = None, dev_dir: str = '/dev',
+    pci_dir: str = '/sys/bus/pci/devices') -> Optional[str]:
+  """'cpu' when JAX would try, and fail, to start a TPU backend; else None.
+
+  That is: libtpu is installed (jax[tpu], this project's test extra), the
+  user has not set JAX_PLATFORMS, and the machine shows neither a TPU nor a
+  GPU (naming 'cuda' where none is would be fatal, so a GPU machine keeps
+  JAX's default). libtpu then prints a dozen lines about unset
+  TPU_WORKER_HOSTNAMES on stderr while JAX probes it; with the value
+  returned here as `jax_platforms`, JAX never loads it. libtpu's
+  compile-only path (`jax.experimental.topologies`, the planner) does not
+  need the TPU backend and keeps working.
+  """
+  if environ.get('JAX_PLATFORMS'):
+    return None
+  if libtpu_installed is None:
+    libtpu_installed = importlib.util.find_spec('libtpu') is not None
+  if not libtpu_installed or tpu_device_present(dev_dir=dev_dir,
+                                                pci_dir=pci_dir):
+    return None
+  if any(os.path.exists(os.path.join(dev_dir, n)) for n in _GPU_NODES):
+    return None
+  return 'cpu'

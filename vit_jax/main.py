@@ -15,7 +15,9 @@ overrides. `config.trainer` picks 'train' (`train.run`) or
 Multi-host: pass --coordinator_address, --num_processes and --process_id
 (or --multihost on TPU pods / SLURM, where JAX finds them itself).
 `--cpu_tuning` opts into the CPU settings measured in bench/RESULTS.md
-(XLA:CPU flags, transparent huge pages, a frozen garbage collector).
+(XLA:CPU flags, transparent huge pages, a frozen garbage collector; read
+by vit_jax/cli.py, which also prints bad input as `vit_jax.main: message`
+with exit status 1).
 """
 
 import logging as python_logging
@@ -28,6 +30,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from vit_jax import configs
+from vit_jax import errors
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, TensorBoard events, train.log and the '
@@ -42,9 +45,6 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process.')
-_CPU_TUNING = flags.DEFINE_bool(
-    'cpu_tuning', False, 'CPU only: XLA:CPU flags, transparent huge pages '
-    '(re-runs the process) and a frozen GC; see README "Speed".')
 
 def resolve_config_arg(argv):
   """Maps `--config=configs/x.py[:arg]` to this package's file if needed."""
@@ -53,8 +53,12 @@ def resolve_config_arg(argv):
           else a for a in argv]
 
 
+class FlagsError(errors.UserError):
+  """A --config file that does not load, or an unknown --config.x field."""
+
+
 def parse_flags(argv):
-  """absl's flag parsing, plus a clean exit for a bad --config.
+  """absl's flag parsing, plus a message for a bad --config.
 
   ml_collections reports a config file that fails to load only when the
   config is first used, and an unknown `--config.x` key as an
@@ -67,8 +71,7 @@ def parse_flags(argv):
     reason = e
     while isinstance(reason, BaseException) and reason.args:
       reason = reason.args[0]  # ml_collections nests a KeyError's text.
-    print(f'FATAL Flags parsing error: --config: {reason}', file=sys.stderr)
-    sys.exit(1)
+    raise FlagsError(f'--config: {reason}') from None
   return rest
 
 
@@ -83,7 +86,7 @@ class _QuietLibraries(python_logging.Filter):
 def _initialize_distributed():
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value:
-    if os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+    if jax.config.jax_platforms == 'cpu':  # JAX_PLATFORMS or cli.main's.
       # CPU processes need a collectives backend to talk to each other.
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(
@@ -99,12 +102,10 @@ def trainer(config) -> str:
   return config.get('trainer') or config.get('train') or 'train'
 
 
-def _run(config, workdir: str) -> None:
+def _train_or_time(config, workdir: str) -> None:
   """Dispatches on the trainer; logs what was written where."""
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
   from vit_jax import utils  # pylint: disable=g-import-not-at-top
   _initialize_distributed()
-  host.start_backends()  # Without libtpu's noise on a machine with no TPU.
   utils.enable_compilation_cache(config.get('compilation_cache'), workdir)
   import jax  # pylint: disable=g-import-not-at-top
   logging.info('JAX process: %d / %d', jax.process_index(),
@@ -113,8 +114,6 @@ def _run(config, workdir: str) -> None:
   logging.info('Config:\n%s', config)
   from vit_jax import inference_time  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
-  if _CPU_TUNING.value:
-    host.freeze_imported_objects()  # Imports done: see host.py.
   if trainer(config) == 'inference_time':
     inference_time.inference_time(config, workdir)
     return
@@ -125,40 +124,36 @@ def _run(config, workdir: str) -> None:
 
 
 def main(argv):
+  """absl's main: one config and workdir, no positional arguments."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # On the logger, not a handler: absl's handler is not always the one used.
   logging.get_absl_logger().addFilter(_QuietLibraries())
-  # JAX's INFO lines about backends it could not start (e.g. 'tpu' where
-  # libtpu is installed but there is no TPU) are noise for this command.
-  python_logging.getLogger('jax._src.xla_bridge').setLevel(
-      python_logging.WARNING)
   config, workdir = flags.FLAGS.config, _WORKDIR.value
-  from vit_jax import errors  # pylint: disable=g-import-not-at-top
   from vit_jax import utils  # pylint: disable=g-import-not-at-top
-  handler = None
+  os.makedirs(workdir, exist_ok=True)
+  handler = utils.add_gfile_logger(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    handler = utils.add_gfile_logger(workdir)
-    _run(config, workdir)
-  except errors.UserError as e:
-    print(f'\nERROR: {e}', file=sys.stderr)
-    sys.exit(1)
+    _train_or_time(config, workdir)
   finally:
-    if handler is not None:
-      handler.flush()
+    handler.flush()
 
 
-def run():
-  """Entry point of `python -m vit_jax.main` and of the root main.py."""
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.prepare_command(sys.argv)  # --cpu_tuning: before JAX starts.
+def _absl_command(args) -> None:
+  """The body under `cli.main`: absl parses the flags and runs `main`."""
   import jax  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(['config', 'workdir'])
   jax.config.config_with_absl()  # --jax_backend_target etc., as the original.
-  sys.argv = resolve_config_arg(sys.argv)
-  app.run(main, flags_parser=parse_flags)
+  argv = resolve_config_arg([sys.argv[0]] + list(args))
+  app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+def command():
+  """Entry point of `python -m vit_jax.main` and of the root main.py."""
+  from vit_jax import cli  # pylint: disable=g-import-not-at-top
+  # The backends start in `main`, after jax.distributed.initialize.
+  sys.exit(cli.main('vit_jax.main', _absl_command, start_backends=False))
 
 
 if __name__ == '__main__':
-  run()
+  command()

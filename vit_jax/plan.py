@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +33,7 @@ import ml_collections
 
 from vit_jax import config_validation
 from vit_jax import configs
+from vit_jax import errors
 from vit_jax import models
 from vit_jax import partitioning
 
@@ -79,7 +79,7 @@ NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000,
                'oxford_iiit_pet': 37, 'oxford_flowers102': 102, 'digits': 10}
 
 
-class PlanError(ValueError):
+class PlanError(errors.UserError):
   """Bad planner input (topology, libtpu, num_classes); says what to do."""
 
 
@@ -506,27 +506,9 @@ def main_command(argv: Sequence[str], changed: Sequence[str]) -> str:
   return ' '.join(['python main.py'] + keep)
 
 
-def _silence_native_logs() -> str:
-  """Routes fd 2 (libtpu/XLA/TensorFlow C++ logs) to a file; Python's
-  sys.stderr keeps the console. Returns the file's path."""
-  for var in ('TPU_STDERR_LOG_LEVEL', 'TPU_MIN_LOG_LEVEL',
-              'TF_CPP_MIN_LOG_LEVEL'):
-    os.environ.setdefault(var, '3')
-  # libtpu's one-process lock guards a real TPU; compiling needs none, and
-  # another JAX process on this machine may hold it.
-  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  log = tempfile.NamedTemporaryFile(prefix='vit_jax_plan_', suffix='.log',
-                                    delete=False)
-  console = os.dup(2)
-  os.dup2(log.fileno(), 2)
-  sys.stderr = os.fdopen(console, 'w', buffering=1)
-  return log.name
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """`python -m vit_jax.plan`: parse flags, plan, print; returns exit code."""
-  argv = list(sys.argv if argv is None else argv)
-  log_path = _silence_native_logs()
+def _parse_flags(argv: Sequence[str]):
+  """absl flags of the planner -> (config, topology, fit, num_classes,
+  with_eval); a bad flag or config file is a PlanError."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'A main.py config file.',
@@ -550,27 +532,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       reason = reason.args[0]  # ml_collections nests a KeyError's text.
     if missing:
       reason = f'the config has no field {reason} (a typo in --config.x?)'
-    print(f'ERROR: bad flags: {reason}', file=sys.stderr)
-    return 1
-  try:
-    if not flags.FLAGS['config'].present or not topology.value:
-      raise PlanError('Pass --config=<config file> and --topology=<chip>:'
-                      f'<shape> ({known_topologies()}).')
-    chip_of(topology.value)  # Fail fast, before any config is built.
-    jax.config.update('jax_platforms', os.environ.get('JAX_PLATFORMS') or
-                      'cpu')  # Local accelerators play no part.
-    _run(flags.FLAGS.config, argv, topology=topology.value,
-         fit_=do_fit.value, num_classes=classes.value,
-         with_eval=with_eval.value)
-  except Exception as e:  # pylint: disable=broad-except
-    from vit_jax import errors  # pylint: disable=g-import-not-at-top
-    if not isinstance(e, errors.USER_ERRORS + (PlanError,)):
-      print(f'(native logs: {log_path})', file=sys.stderr)
-      raise
-    print(f'ERROR: {e}', file=sys.stderr)
-    return 1
-  os.remove(log_path)
-  return 0
+    raise PlanError(f'bad flags: {reason}') from None
+  if not flags.FLAGS['config'].present or not topology.value:
+    raise PlanError('Pass --config=<config file> and --topology=<chip>:'
+                    f'<shape> ({known_topologies()}).')
+  return (flags.FLAGS.config, topology.value, do_fit.value, classes.value,
+          with_eval.value)
+
+
+def plan_command(args: Sequence[str]) -> None:
+  """The body of `python -m vit_jax.plan` (args: without the program)."""
+  argv = [sys.argv[0]] + list(args)
+  config, topology, fit_, num_classes, with_eval = _parse_flags(argv)
+  chip_of(topology)  # Fail fast, before any config is built.
+  _run(config, argv, topology=topology, fit_=fit_, num_classes=num_classes,
+       with_eval=with_eval)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m vit_jax.plan`: parse flags, plan, print; returns exit code.
+
+  `argv`: the arguments without the program name (default sys.argv[1:]).
+  The backends are CPU only: local accelerators play no part (JAX_PLATFORMS
+  of your own wins), and libtpu's compile-only path needs no TPU backend.
+  """
+  from vit_jax import cli  # pylint: disable=g-import-not-at-top
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
+  # libtpu's one-process lock guards a real TPU; compiling needs none, and
+  # another JAX process on this machine may hold it.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  if not host.tpu_device_present():
+    # Loaded to compile, libtpu asks which slice this host belongs to and
+    # prints a dozen lines when no TPU VM answers: it is a single host.
+    # The compile-only topology is the --topology asked for either way.
+    os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+    os.environ.setdefault('TPU_HOST_BOUNDS', '1,1,1')
+  return cli.main('vit_jax.plan', plan_command, argv, platforms='cpu')
 
 
 def _run(config, argv, *, topology, fit_, num_classes, with_eval) -> None:

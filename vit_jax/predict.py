@@ -43,13 +43,10 @@ import importlib.resources
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-if __name__ == '__main__':  # First, before the heavy imports: see host.py.
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  _CPU_TUNING = host.prepare_command(sys.argv)
-
 import jax
 import numpy as np
 
+from vit_jax import cli
 from vit_jax import errors
 from vit_jax import export
 from vit_jax import images as images_lib
@@ -167,12 +164,10 @@ def format_predictions(path: str, prediction: Prediction) -> str:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.predict',
-      description='Top-k class predictions of a ViT/Mixer checkpoint.')
+      description='Top-k class predictions of a ViT/Mixer checkpoint.',
+      epilog=cli.CPU_TUNING_HELP)
   parser.add_argument('images', nargs='+', metavar='IMAGE',
                       help='image files (JPEG, PNG, GIF, BMP, WebP, TIFF)')
-  parser.add_argument('--cpu_tuning', action='store_true',
-                      help='CPU only: XLA:CPU flags, huge pages, a frozen '
-                      'GC (README "Speed"; applied by host.prepare_command)')
   parser.add_argument('--checkpoint', required=True,
                       help='training workdir, its model.npz, or an official '
                       '.npz file')
@@ -191,8 +186,10 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def run(args: argparse.Namespace) -> List[Prediction]:
-  """Loads everything first (so bad input fails fast), then predicts."""
+def predict_images(args: Sequence[str]) -> List[Prediction]:
+  """The command's body: parses `args` (without the program name), loads
+  everything first (so bad input fails fast), predicts and prints."""
+  args = _parser().parse_args(args)
   if args.top_k < 1 or args.batch_size < 1:
     raise PredictError('--top_k and --batch_size must be >= 1.')
   for path in args.images:  # Before the (slow) checkpoint load.
@@ -212,14 +209,9 @@ def run(args: argparse.Namespace) -> List[Prediction]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
-  args = _parser().parse_args(argv)
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.start_backends()
   # PredictError and images.ImageError are UserErrors too.
-  return errors.exit_status('vit_jax.predict', lambda: run(args))
+  return cli.main('vit_jax.predict', predict_images, argv)
 
 
 if __name__ == '__main__':
-  if _CPU_TUNING:
-    host.freeze_imported_objects()  # Imports done: see host.py.
   sys.exit(main())

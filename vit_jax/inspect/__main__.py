@@ -1,19 +1,18 @@
 """`python -m vit_jax.inspect --checkpoint=... --out=...` (see cli.py).
 
 Flags are defined here, not in cli.py, so that importing the library never
-registers global absl flags that could clash with another program's.
+registers global absl flags that could clash with another program's. The
+prologue and epilogue are vit_jax.cli's: `--cpu_tuning`, and bad input as
+one line `vit_jax.inspect: message` with exit status 1.
 """
 
-if __name__ == '__main__':  # First, before the heavy imports: see host.py.
-  import sys  # pylint: disable=g-import-not-at-top
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  _CPU_TUNING = host.prepare_command(sys.argv)
+import sys
 
 from absl import app
 from absl import flags
 
-from vit_jax import host
-from vit_jax.inspect import cli
+from vit_jax import cli
+from vit_jax.inspect import cli as inspect_cli
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'Registered model name, e.g. ViT-B_16; optional when '
@@ -39,28 +38,23 @@ _ROLLOUT_IMAGES = flags.DEFINE_integer(
 _RENORMALIZE = flags.DEFINE_bool(
     'renormalize', False, 'Renormalise attention rows over patch tokens for '
     'the mean attention distance.')
-_TRACEBACK = flags.DEFINE_bool('traceback', False,
-                               'Show the full traceback on errors.')
-flags.DEFINE_bool('cpu_tuning', False, 'CPU only: XLA:CPU flags, huge pages, '
-                  'a frozen GC (see README "Speed"; read by host.py).')
-
-
 
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  opts = cli.Options(
+  opts = inspect_cli.Options(
       checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
       images=_IMAGES.value,
       figures=None if _FIGURES.value is None else tuple(_FIGURES.value),
       resolution=_RESOLUTION.value, max_images=_MAX_IMAGES.value,
       batch_size=_BATCH_SIZE.value, rollout_images=_ROLLOUT_IMAGES.value,
       renormalize=_RENORMALIZE.value)
-  host.start_backends()
-  raise SystemExit(cli.main(opts, show_traceback=_TRACEBACK.value))
+  return inspect_cli.command(opts)
+
+
+def _absl_command(args) -> None:
+  app.run(_main, argv=[sys.argv[0]] + list(args))
 
 
 if __name__ == '__main__':
-  if _CPU_TUNING:
-    host.freeze_imported_objects()  # Imports done: see host.py.
-  app.run(_main)
+  sys.exit(cli.main('vit_jax.inspect', _absl_command))

@@ -16,6 +16,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
+from vit_jax import errors
 from vit_jax import models
 
 Array = jax.Array
@@ -42,7 +43,7 @@ class Geometry(NamedTuple):
 def check_has_attention(model) -> None:
   """Raises a clear error for models without self-attention (MLP-Mixer)."""
   if isinstance(model, models.MlpMixer):
-    raise ValueError(
+    raise errors.UserError(
         f'{getattr(model, "model_name", None) or "MLP-Mixer"} is an MLP-Mixer:'
         ' it has no attention weights, so attention distance and rollout are '
         'undefined. Use a ViT or hybrid model.')
@@ -57,7 +58,7 @@ def geometry(model, image_hw: Sequence[int]) -> Geometry:
   sh, sw = models.patch_stride(model)
   h, w = (int(v) for v in image_hw)
   if h % sh or w % sw:
-    raise ValueError(f'image size {h}x{w} is not a multiple of the token '
+    raise errors.UserError(f'image size {h}x{w} is not a multiple of the token '
                      f'stride {sh}x{sw} of {model.model_name}.')
   prefix = int(models.has_class_token(model))
   return Geometry((h // sh, w // sw), (sh, sw), prefix)

@@ -9,13 +9,13 @@ and --figures it writes the two figures that need no images (filters,
 position) and says that distance and rollout need --images. Everything is
 computed before anything is written, and files are staged in a temporary
 folder inside --out and renamed into place, so a failure leaves no
-half-written files. Errors print one paragraph and exit with status 1.
+half-written files. Bad input (a UserError) prints one line
+`vit_jax.inspect: message` and exits with status 1 (vit_jax/cli.py).
 """
 
 import json
 import os
 import shutil
-import sys
 import tempfile
 from typing import NamedTuple, Optional, Sequence
 
@@ -95,7 +95,7 @@ def _publish(stage: str, out: str) -> None:
     os.replace(os.path.join(stage, name), os.path.join(out, name))
 
 
-def run(opts: Options) -> dict:
+def write_report(opts: Options) -> dict:
   """Computes, renders and writes everything; returns the JSON summary."""
   opts = opts._replace(figures=_figures(opts))
   _check_options(opts)
@@ -120,20 +120,10 @@ def run(opts: Options) -> dict:
   return summary
 
 
-def main(opts: Options, show_traceback: bool = False) -> int:
-  """Runs the command line; returns the exit status (0 or 1)."""
-  try:
-    summary = run(opts)
-  except Exception as e:  # pylint: disable=broad-except
-    if show_traceback:
-      raise
-    # ValueErrors (InspectError, checkpoint.CheckpointError, bad shapes)
-    # describe the input; anything else is named by its type.
-    kind = '' if isinstance(e, ValueError) else f'{type(e).__name__}: '
-    print(f'vit_jax.inspect failed: {kind}{e} (nothing was written to '
-          f'{opts.out}; rerun with --traceback for details.)',
-          file=sys.stderr)
-    return 1
+def command(opts: Options) -> int:
+  """The command's body: writes everything, says what; returns 0. Bad input
+  raises a UserError (vit_jax.cli prints it), before anything is written."""
+  summary = write_report(opts)
   print(f'Wrote {", ".join(summary["files"].values())} and inspect.json to '
         f'{opts.out}')
   if not opts.images and opts.figures is None:
