@@ -31,6 +31,7 @@ from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import input_pipeline
 from vit_jax import models
+from vit_jax import steps
 from vit_jax import train
 
 CheckpointError = checkpoint.CheckpointError
@@ -42,7 +43,7 @@ def tiny_params(hidden: int = 16):
   """Random float32 parameters of train_test.tiny_config's model."""
   config = train_test.tiny_config('unused')
   config.model.hidden_size = hidden
-  abstract = models.abstract_params(train.create_model(config, 2),
+  abstract = models.abstract_params(steps.create_model(config, 2),
                                     config.pp.crop)
   rng = np.random.RandomState(0)
   return jax.tree.map(

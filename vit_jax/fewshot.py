@@ -42,11 +42,10 @@ if __name__ == '__main__':  # First, before the heavy imports: see host.py.
   _CPU_TUNING = host.prepare_command(sys.argv)
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import fewshot_solver
-from vit_jax import input_pipeline
+from vit_jax import models
 from vit_jax import partitioning
 from vit_jax import utils
 from vit_jax.configs import common
@@ -140,7 +139,7 @@ def compute_features(features_fn: FeaturesFn, params: Any,
 class FewshotData:
   """A dataset prepared once for repeated few-shot evaluations."""
   name: str  # Its name in the TensorBoard tags.
-  info: input_pipeline.DatasetInfo
+  info: Any  # input_pipeline.DatasetInfo: classes and their names.
   train_labels: np.ndarray  # int64 (n,): every train record's label.
   train_rows: np.ndarray  # Sorted train records that some draw uses.
   train: Any  # tf.data: those records, eval-preprocessed, unbatched.
@@ -175,6 +174,8 @@ def load_data(config, *, shots: Sequence[int],
     FewshotError: a class of the train split has fewer than max(shots)
       images. input_pipeline.DatasetError: an unusable dataset.
   """
+  # Imported here: the pipeline imports TensorFlow, needed only for data.
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   train, test, info = input_pipeline.get_labeled_splits(config)
   check_shots(train.labels, shots, num_classes=info.num_classes,
               class_names=info.class_names,
@@ -361,9 +362,7 @@ def _load(args) -> Tuple[Any, Any, str, int]:
   loaded = export.load_model(args.checkpoint, args.model, args.resolution)
   params = loaded.params
   if args.random_init:
-    x = jnp.zeros((1, loaded.resolution, loaded.resolution, 3), jnp.float32)
-    params = jax.jit(lambda x: loaded.model.init(
-        jax.random.PRNGKey(0), x, train=False)['params'])(x)
+    params = models.init_params(loaded.model, loaded.resolution)
   return loaded.model, params, loaded.model_name, loaded.resolution
 
 

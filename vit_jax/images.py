@@ -14,15 +14,18 @@ float32 pixels wherever it is read.
   `normalize`.
 - `EXTENSIONS` decides which files of a folder are images (image-folder
   datasets, `inspect --images=FOLDER`).
+
+TensorFlow is imported by the functions that use it, not by this module:
+`decode_with_pil`, `normalize` and the checks work without it.
 """
 
 import io
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 
 from vit_jax import errors
 
@@ -56,7 +59,9 @@ def normalize(image):
 
   Works on tf tensors, numpy and jax arrays of any shape.
   """
-  if tf.is_tensor(image):
+  # A tf tensor exists only once TensorFlow was imported: never import it.
+  tf = sys.modules.get('tensorflow')
+  if tf is not None and tf.is_tensor(image):
     image = tf.cast(image, tf.float32)
   elif hasattr(image, 'astype'):
     image = image.astype(np.float32)
@@ -65,7 +70,7 @@ def normalize(image):
   return (image - 127.5) / 127.5
 
 
-def preprocess_for_eval(image_uint8, crop: int) -> tf.Tensor:
+def preprocess_for_eval(image_uint8, crop: int):
   """Eval preprocessing: bilinear resize to crop x crop, then `normalize`.
 
   Args:
@@ -73,12 +78,18 @@ def preprocess_for_eval(image_uint8, crop: int) -> tf.Tensor:
     crop: output side (pixels). The aspect ratio is not kept (original).
 
   Returns:
-    float32 (crop, crop, 3) (or batched) in [-1, 1].
+    float32 tf.Tensor (crop, crop, 3) (or batched) in [-1, 1].
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return normalize(tf.image.resize(image_uint8, [crop, crop]))
 
 
-def _pil_rgb(data) -> np.ndarray:
+def decode_with_pil(data) -> np.ndarray:
+  """Encoded image bytes -> uint8 (h, w, 3) RGB with PIL, no TensorFlow.
+
+  The decoder of TIFF (also inside tf.data); for other formats JPEG pixels
+  may differ from `decode_image`'s by a few levels (another IDCT).
+  """
   if isinstance(data, np.ndarray):  # 0-d object array (eager mode).
     data = data.item()  # Not np.asarray: 'S' arrays drop trailing NULs.
   with Image.open(io.BytesIO(data)) as image:
@@ -89,18 +100,20 @@ def _pil_rgb(data) -> np.ndarray:
     return np.asarray(image.convert('RGB'), np.uint8)
 
 
-def decode_image(data) -> tf.Tensor:
-  """Encoded image bytes (any of `FORMATS`) -> uint8 (h, w, 3) RGB.
+def decode_image(data):
+  """Encoded image bytes (any of `FORMATS`) -> uint8 (h, w, 3) tf.Tensor.
 
   Works eagerly and inside tf.data; TIFF goes through PIL (see the module
   docstring), everything else through `tf.io.decode_image`.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   data = tf.convert_to_tensor(data, tf.string)
   head = tf.strings.substr(data, 0, 4)
   is_tiff = tf.reduce_any(tf.equal(head, _TIFF_MAGIC))
 
   def with_pil():
-    image = tf.numpy_function(_pil_rgb, [data], tf.uint8, stateful=False)
+    image = tf.numpy_function(decode_with_pil, [data], tf.uint8,
+                              stateful=False)
     return tf.ensure_shape(image, [None, None, 3])
 
   def with_tf():
