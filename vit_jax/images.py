@@ -14,9 +14,7 @@ float32 pixels wherever it is read.
   `normalize`.
 - `EXTENSIONS` decides which files of a folder are images (image-folder
   datasets, `inspect --images=FOLDER`).
-
-TensorFlow is imported by the functions that use it, not by this module:
-`decode_with_pil`, `normalize` and the checks work without it.
+TensorFlow is imported by the functions that use it, not by this module.
 """
 
 import io
@@ -85,11 +83,8 @@ def preprocess_for_eval(image_uint8, crop: int):
 
 
 def decode_with_pil(data) -> np.ndarray:
-  """Encoded image bytes -> uint8 (h, w, 3) RGB with PIL, no TensorFlow.
-
-  The decoder of TIFF (also inside tf.data); for other formats JPEG pixels
-  may differ from `decode_image`'s by a few levels (another IDCT).
-  """
+  """Encoded bytes -> uint8 (h, w, 3) RGB by PIL, without TensorFlow (the
+  TIFF decoder; JPEG may differ from `decode_image` by a few levels)."""
   if isinstance(data, np.ndarray):  # 0-d object array (eager mode).
     data = data.item()  # Not np.asarray: 'S' arrays drop trailing NULs.
   with Image.open(io.BytesIO(data)) as image:

@@ -1,12 +1,9 @@
 """The train and eval steps, and `build`: the one place they are assembled.
 
-`build(config, num_classes)` turns a resolved config into everything a step
-needs: the model, the optimizer and its lr schedule, the device mesh, the
-state's shardings, the state itself (initialised, pretrained, or abstract
-`jax.ShapeDtypeStruct`s for restoring or compile-only planning) and the
-jitted train/eval steps. Fine-tuning (`train`), the planner (`plan`) and
-the benchmark (`benchmark`) all call it, so what they compile, measure and
-plan is one program. Nothing here reads data, so TensorFlow is not imported.
+`build(config, num_classes)` gives model, optimizer, lr schedule, mesh,
+state shardings, the state (initialised, pretrained, or abstract for
+restoring and compile-only planning) and the jitted steps. `train`, `plan`
+and `benchmark` all call it, so they run, plan and time one program.
 """
 
 import dataclasses
@@ -177,17 +174,12 @@ def build(config: ml_collections.ConfigDict, num_classes: int, *,
           devices: Optional[Sequence[Any]] = None,
           mesh: Optional[jax.sharding.Mesh] = None, abstract: bool = False,
           pretrained: bool = True) -> Built:
-  """Model, optimizer, mesh, state and jitted steps of a resolved config.
+  """Everything a step of a resolved config needs, with `num_classes`.
 
-  Args:
-    config: resolved (config_validation.resolve_and_validate).
-    num_classes: classes of the new head.
-    devices: the mesh's devices (default all; abstract TPU devices plan).
-    mesh: an existing mesh instead of one over `devices`.
-    abstract: the state as sharded `jax.ShapeDtypeStruct`s (nothing is
-      allocated): for restoring a checkpoint or lowering without running.
-    pretrained: load `pretrained_path(config)` into a real state (a new
-      head, posemb resized); False or no path: random initialisation.
+  The mesh is `mesh`, else one over `devices` (default all). `abstract`:
+  the state as sharded ShapeDtypeStructs, nothing allocated (to restore a
+  checkpoint into, or to lower). Else `pretrained`: load
+  `pretrained_path(config)` (new head, posemb resized) if it names a file.
   """
   mesh = mesh or partitioning.create_mesh(config.mesh, devices)
   model = create_model(config, num_classes)
