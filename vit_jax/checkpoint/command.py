@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from vit_jax import errors
+from vit_jax import host
 from vit_jax.checkpoint import convert
 from vit_jax.checkpoint import listing
 from vit_jax.checkpoint import names
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
+  if args.command != 'inspect':  # Both check shapes with jax.eval_shape.
+    host.start_backends()
   if args.command == 'download':
     path = remote.download(args.name, directory=args.dir,
                            dataset=args.dataset, base_url=args.base_url,
