@@ -16,7 +16,6 @@ import pytest
 
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax import test_utils
 from vit_jax.checkpoint import command
 from vit_jax.checkpoint import convert
 from vit_jax.checkpoint import npz
