@@ -80,7 +80,7 @@ import numpy as np
 from PIL import Image
 
 from vit_jax import checkpoint
-from vit_jax import checkpoint_download
+from vit_jax.checkpoint import remote as checkpoint_remote
 from vit_jax import digits
 from vit_jax import export
 from vit_jax import images
@@ -108,9 +108,9 @@ def generate_small_model(workdir):
 
 
 labels = None
-if USE_NETWORK and checkpoint_download.reachable():
+if USE_NETWORK and checkpoint_remote.reachable():
   source = 'official'
-  checkpoint_path = checkpoint_download.download(
+  checkpoint_path = checkpoint_remote.download(
       MODEL_NAME, directory=CHECKPOINT_DIR, dataset=DATASET)
   labels = os.path.join(CHECKPOINT_DIR, 'ilsvrc2012_wordnet_lemmas.txt')
   if not os.path.exists(labels):

@@ -489,7 +489,7 @@ class TfdsTest(absltest.TestCase):
     config.tfds_data_dir = data_dir
     # A network that answers the probe but fails the download; the probe
     # itself is mocked too, so nothing is looked up or connected.
-    with mock.patch.object(ip.utils, 'network_available',
+    with mock.patch.object(ip.checkpoint_files, 'network_available',
                            return_value=True), \
         mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
                           side_effect=ConnectionError('no network')):
@@ -504,7 +504,7 @@ class TfdsTest(absltest.TestCase):
   def test_no_network_fails_without_trying_to_download(self):
     config = _config('cifar10')
     config.tfds_data_dir = _tempdir(self)
-    with mock.patch.object(ip.utils, 'network_available',
+    with mock.patch.object(ip.checkpoint_files, 'network_available',
                            return_value=False), \
         mock.patch.object(tfds.core.DatasetBuilder,
                           'download_and_prepare') as download:

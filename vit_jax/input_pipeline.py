@@ -37,9 +37,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax import errors
-from vit_jax import utils
 from vit_jax import digits as digits_lib
 from vit_jax import images
+from vit_jax.checkpoint import files as checkpoint_files
+from vit_jax.checkpoint import names as checkpoint_names
 from vit_jax.configs import common
 
 _MAX_LISTED = 10  # Problems spelled out in one error message.
@@ -366,7 +367,8 @@ def _tfds_builder(config):
   if builder.is_prepared():
     return builder
   if (not config.tfds_manual_dir and not _download_is_mocked(builder)
-      and not utils.network_available(_PROBE_HOST, timeout=_PROBE_TIMEOUT_S)):
+      and not checkpoint_files.network_available(
+          _PROBE_HOST, timeout=_PROBE_TIMEOUT_S)):
     # tfds would retry unreachable hosts for minutes before giving up.
     raise _not_prepared(name, builder, 'no network: could not reach '
                         f'{_PROBE_HOST} within {_PROBE_TIMEOUT_S} s')
@@ -381,7 +383,7 @@ def _tfds_builder(config):
   return builder
 
 
-_PROBE_HOST = 'storage.googleapis.com'  # Where tfds looks first.
+_PROBE_HOST = checkpoint_names.GCS_HOST  # Where tfds looks first.
 _PROBE_TIMEOUT_S = 3
 
 

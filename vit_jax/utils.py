@@ -4,7 +4,6 @@ handler: the small helpers of the training loop."""
 import contextlib
 import logging as python_logging
 import os
-import socket
 import time
 from typing import Any, Callable, Optional, Tuple
 
@@ -13,20 +12,6 @@ import jax
 import jax.numpy as jnp
 
 Schedule = Callable[[jax.Array], jax.Array]
-
-def network_available(host: str, port: int = 443,
-                      timeout: float = 3.0) -> bool:
-  """True if a TCP connection to host:port opens within `timeout` seconds.
-
-  Asked before reading gs:// or downloading with libraries that would
-  otherwise retry an unreachable host for minutes.
-  """
-  try:
-    socket.create_connection((host, port), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
 
 def enable_compilation_cache(path: Optional[str],
                              workdir: Optional[str] = None, *,
