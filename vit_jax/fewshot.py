@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import datasets
 from vit_jax import fewshot_solver
 from vit_jax import input_pipeline
 from vit_jax import partitioning
@@ -140,7 +141,7 @@ def compute_features(features_fn: FeaturesFn, params: Any,
 class FewshotData:
   """A dataset prepared once for repeated few-shot evaluations."""
   name: str  # Its name in the TensorBoard tags.
-  info: input_pipeline.DatasetInfo
+  info: datasets.DatasetInfo
   train_labels: np.ndarray  # int64 (n,): every train record's label.
   train_rows: np.ndarray  # Sorted train records that some draw uses.
   train: Any  # tf.data: those records, eval-preprocessed, unbatched.
@@ -173,7 +174,7 @@ def load_data(config, *, shots: Sequence[int],
 
   Raises:
     FewshotError: a class of the train split has fewer than max(shots)
-      images. input_pipeline.DatasetError: an unusable dataset.
+      images. datasets.DatasetError: an unusable dataset.
   """
   train, test, info = input_pipeline.get_labeled_splits(config)
   check_shots(train.labels, shots, num_classes=info.num_classes,
