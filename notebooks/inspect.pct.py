@@ -77,9 +77,9 @@ from IPython.display import Image as ShowImage
 import numpy as np
 
 from vit_jax.checkpoint import remote as checkpoint_remote
+from vit_jax import datasets
 from vit_jax import digits
 from vit_jax import export
-from vit_jax import input_pipeline
 from vit_jax import inspect as vi
 from vit_jax.configs import quickstart
 from vit_jax.inspect import loading
@@ -90,7 +90,7 @@ from vit_jax.inspect import plots
 def generate_small_model(workdir):
   """An untrained quickstart-sized ViT, exported as a training run would."""
   config = quickstart.get_config()
-  info = input_pipeline.dataset_info(config)  # Writes digits if needed.
+  info = datasets.dataset_info(config)  # Writes digits if needed.
   export.export_untrained(workdir, config=config, info=info)
   return workdir
 

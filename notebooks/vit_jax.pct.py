@@ -81,10 +81,10 @@ from PIL import Image
 
 from vit_jax import checkpoint
 from vit_jax.checkpoint import remote as checkpoint_remote
+from vit_jax import datasets
 from vit_jax import digits
 from vit_jax import export
 from vit_jax import images
-from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
 from vit_jax import train
@@ -102,7 +102,7 @@ from vit_jax.configs import quickstart
 def generate_small_model(workdir):
   """An untrained quickstart-sized ViT, exported as a training run would."""
   config = quickstart.get_config()
-  info = input_pipeline.dataset_info(config)  # Writes digits if needed.
+  info = datasets.dataset_info(config)  # Writes digits if needed.
   export.export_untrained(workdir, config=config, info=info)
   return workdir
 

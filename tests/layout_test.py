@@ -98,11 +98,11 @@ class LayoutTest(absltest.TestCase):
     from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
     from vit_jax import config_validation  # pylint: disable=g-import-not-at-top
     from vit_jax import errors  # pylint: disable=g-import-not-at-top
-    from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from vit_jax import datasets  # pylint: disable=g-import-not-at-top
     from vit_jax import partitioning  # pylint: disable=g-import-not-at-top
     from vit_jax import train  # pylint: disable=g-import-not-at-top
     for error in (checkpoint.CheckpointError, config_validation.ConfigError,
-                  input_pipeline.DatasetError, partitioning.MeshError,
+                  datasets.DatasetError, partitioning.MeshError,
                   train.NonFiniteLossError):
       self.assertTrue(issubclass(error, errors.UserError), error)
 

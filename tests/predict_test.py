@@ -19,9 +19,9 @@ from PIL import Image
 from tests import test_util
 from vit_jax import checkpoint
 from vit_jax import config_validation
+from vit_jax import datasets
 from vit_jax import export
 from vit_jax import images
-from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
 from vit_jax.configs import quickstart
@@ -78,8 +78,8 @@ class PredictTest(absltest.TestCase):
   def test_load_image_uses_eval_preprocessing(self):
     image = predict.load_image(self.images[0], 32)
     with open(self.images[0], 'rb') as f:
-      want = input_pipeline.preprocess_for_eval(
-          input_pipeline.decode_image(f.read()), 32).numpy()
+      want = images.preprocess_for_eval(
+          images.decode_image(f.read()), 32).numpy()
     np.testing.assert_array_equal(image, want)
     self.assertEqual(image.shape, (32, 32, 3))
     self.assertBetween(image.min(), -1.0, 1.0)
@@ -199,7 +199,7 @@ class PredictTest(absltest.TestCase):
 
   def test_export_untrained_reads_like_a_workdir(self):
     config = quickstart.get_config()
-    info = input_pipeline.DatasetInfo(3, ['a', 'b', 'c'], 30, 6)
+    info = datasets.DatasetInfo(3, ['a', 'b', 'c'], 30, 6)
     workdir = os.path.join(self.root, 'untrained')
     export.export_untrained(workdir, config=config, info=info)
     loaded = predict.load_model(workdir)

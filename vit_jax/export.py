@@ -92,7 +92,7 @@ def export_untrained(workdir: str, *, config, info, seed: int = 0) -> str:
   Args:
     workdir: where model.npz and model.json are written.
     config: a training config (its model, model_name, pp.crop, dataset).
-    info: the dataset's `input_pipeline.DatasetInfo` (classes and names).
+    info: the dataset's `datasets.DatasetInfo` (classes and names).
     seed: initialisation seed.
 
   Returns:

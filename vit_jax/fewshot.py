@@ -139,7 +139,7 @@ def compute_features(features_fn: FeaturesFn, params: Any,
 class FewshotData:
   """A dataset prepared once for repeated few-shot evaluations."""
   name: str  # Its name in the TensorBoard tags.
-  info: Any  # input_pipeline.DatasetInfo: classes and their names.
+  info: Any  # datasets.DatasetInfo: classes and their names.
   train_labels: np.ndarray  # int64 (n,): every train record's label.
   train_rows: np.ndarray  # Sorted train records that some draw uses.
   train: Any  # tf.data: those records, eval-preprocessed, unbatched.
@@ -172,7 +172,7 @@ def load_data(config, *, shots: Sequence[int],
 
   Raises:
     FewshotError: a class of the train split has fewer than max(shots)
-      images. input_pipeline.DatasetError: an unusable dataset.
+      images. datasets.DatasetError: an unusable dataset.
   """
   # Imported here: the pipeline imports TensorFlow, needed only for data.
   from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top

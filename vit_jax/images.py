@@ -9,6 +9,8 @@ float32 pixels wherever it is read.
   which TensorFlow cannot decode, by PIL on the host (inside tf.data as a
   `tf.numpy_function`). The format is read from the bytes, not the name.
   Grey, palette, alpha and CMYK images become RGB.
+- Train preprocessing (the original's, `preprocess_for_train`): Inception
+  crop, resize, random flip, with stateless seeds.
 - Eval preprocessing (the original's): bilinear resize of the whole image to
   crop x crop (aspect ratio not kept), then [0, 255] -> [-1, 1] with
   `normalize`.
@@ -39,6 +41,10 @@ FORMATS = {
 }
 EXTENSIONS = tuple(e for names in FORMATS.values() for e in names)
 FORMAT_NAMES = 'JPEG, PNG, GIF, BMP, WebP or TIFF'  # For messages.
+# Inception crop settings of the original (TF defaults, spelled out).
+_ASPECT_RATIO_RANGE = (0.75, 1.33)
+_MAX_ATTEMPTS = 100
+_WHOLE_IMAGE = ((((0.0, 0.0, 1.0, 1.0),),))  # (1, 1, 4) ymin, xmin, ...
 # TIFF (little/big endian, classic/BigTIFF): the one format TF cannot decode.
 _TIFF_MAGIC = (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+')
 
@@ -168,3 +174,32 @@ def load_images(paths: Sequence[str], resolution: int) -> np.ndarray:
   for i, path in enumerate(paths):
     out[i] = load_image(path, resolution)
   return out
+
+
+def preprocess_for_train(
+    image_uint8, crop: int, seed, *, crop_area_min: float = 0.05,
+    flip: bool = True):
+  """Inception crop, bilinear resize to crop x crop, flip, `normalize`.
+
+  Args:
+    image_uint8: uint8 (h, w, 3).
+    crop: output side (pixels).
+    seed: int (2,) stateless seed; same seed, same augmentation.
+    crop_area_min: smallest crop area as a fraction of the image.
+    flip: random horizontal flip with probability 0.5.
+
+  Returns:
+    float32 tf.Tensor (crop, crop, 3) in [-1, 1].
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image_uint8), bounding_boxes=tf.constant(_WHOLE_IMAGE),
+      seed=crop_seed, min_object_covered=0.0,
+      aspect_ratio_range=_ASPECT_RATIO_RANGE,
+      area_range=(crop_area_min, 1.0), max_attempts=_MAX_ATTEMPTS)
+  image = tf.image.resize(tf.slice(image_uint8, begin, size), [crop, crop])
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return normalize(image)

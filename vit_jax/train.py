@@ -31,41 +31,12 @@ from vit_jax import config_validation
 from vit_jax import errors
 from vit_jax import export
 from vit_jax import fewshot
+# The original's pmapped update, importable here as in the original.
+from vit_jax.original import make_update_fn  # pylint: disable=unused-import
 from vit_jax import partitioning
 from vit_jax import steps
 from vit_jax import utils
 from vit_jax.configs import common
-
-
-def make_update_fn(*, apply_fn: Callable[..., jax.Array], accum_steps: int,
-                   tx: optax.GradientTransformation) -> Callable:
-  """The original's update step, jitted rather than pmapped.
-
-  Returns `update_fn(params, opt_state, batch, rng) -> (params, opt_state,
-  loss, new_rng)` where `batch` holds 'image' (B, H, W, 3) and one-hot
-  'label' (B, num_classes), with no leading device axis: place the arrays
-  with a `NamedSharding` (see `partitioning.batch_sharding`) to spread them
-  over devices. Micro-batches are contiguous, as in the original. `params`
-  are donated. `train_and_evaluate` uses `train_step`, which adds exact
-  resume, sharded state and the non-finite guard.
-  """
-
-  def update_fn(params, opt_state, batch, rng):
-    dropout_rng, new_rng = jax.random.split(rng)
-
-    def loss_fn(params, images, labels):
-      logits = apply_fn({'params': params}, images, train=True,
-                        rngs={'dropout': dropout_rng})
-      logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-      return -jnp.mean(jnp.sum(logp * labels, axis=-1))
-
-    loss, grads = utils.accumulate_gradient(
-        jax.value_and_grad(loss_fn), params, batch['image'], batch['label'],
-        accum_steps)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, new_rng
-
-  return jax.jit(update_fn, donate_argnums=(0,))
 
 
 def data_shard(mesh: jax.sharding.Mesh) -> Tuple[int, int]:

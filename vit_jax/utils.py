@@ -35,6 +35,14 @@ def enable_compilation_cache(path: Optional[str],
   return path
 
 
+# lr(progress, base, linear_end) of each decay, for progress in [0, 1].
+_DECAYS = {
+    'cosine': lambda p, base, end: base * 0.5 * (1.0 + jnp.cos(jnp.pi * p)),
+    'linear': lambda p, base, end: end + (base - end) * (1.0 - p),
+}
+DECAY_TYPES = tuple(_DECAYS)  # Checked in config_validation.
+
+
 def create_learning_rate_schedule(total_steps: int, base: float,
                                   decay_type: str, warmup_steps: int,
                                   linear_end: float = 1e-5) -> Schedule:
@@ -45,18 +53,14 @@ def create_learning_rate_schedule(total_steps: int, base: float,
   interpolates linearly from base to `linear_end` for 'linear'. `s` is the
   number of updates applied before this one (optax's count, from 0), as in
   the original release: the first update has lr 0 when warming up.
+  `decay_type` is one of DECAY_TYPES (KeyError otherwise).
   """
-  if decay_type not in ('cosine', 'linear'):
-    raise ValueError(f"decay_type={decay_type!r}; use 'cosine' or 'linear'.")
+  decay = _DECAYS[decay_type]
 
   def step_fn(step):
     step = jnp.asarray(step, jnp.float32)
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    progress = jnp.clip(progress, 0.0, 1.0)
-    if decay_type == 'cosine':
-      lr = base * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    else:
-      lr = linear_end + (base - linear_end) * (1.0 - progress)
+    lr = decay(jnp.clip(progress, 0.0, 1.0), base, linear_end)
     if warmup_steps:
       lr = lr * jnp.minimum(1.0, step / warmup_steps)
     return lr

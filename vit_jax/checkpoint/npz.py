@@ -8,8 +8,8 @@ pre-Linen numbering (one counter shared by all submodules of a block:
 and the hybrids store GroupNorm parameters as (1, 1, 1, C).
 
 - `load` reads a file (local, gs:// or https://) into the Linen tree of
-  `models.VisionTransformer` / `models.MlpMixer` (pre-Linen names through
-  flax's `convert_pre_linen`, as the original does; GroupNorm squeezed);
+  `models.VisionTransformer` / `models.MlpMixer` (pre-Linen names renumbered as
+  flax's `convert_pre_linen` does; GroupNorm squeezed);
 - `save` writes such a tree back in the official layout, atomically.
 
 Errors: every problem with a file (missing, not an `.npz`, truncated or
@@ -20,6 +20,7 @@ message names the file and the problem.
 Adapting a file to a fine-tuning model is `pretrained.py`'s.
 """
 
+import collections
 import collections.abc
 import contextlib
 import http.client
@@ -99,19 +100,37 @@ def shape_of(x) -> Tuple[int, ...]:
   return tuple(getattr(x, 'shape', np.shape(x)))
 
 
-def _linen_names(tree):
-  """Pre-Linen -> Linen numbering, through flax's `convert_pre_linen`.
+_NUMBERED = re.compile(r'^(.*)_(\d+)$')
 
-  Per level, `<prefix>_<k>` names are renumbered per prefix in natural order
-  (encoderblock_10 after encoderblock_9): pre-Linen `LayerNorm_0,
-  MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3` become
-  `LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0`;
-  Linen names come back unchanged.
+
+def _natural_key(name: str):
+  """Sort key that compares digit runs as numbers: block_2 < block_10."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
+
+
+def _linen_names(tree):
+  """Renumbers `<prefix>_<k>` names per prefix, in natural order, per level.
+
+  Pre-Linen `LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
+  MlpBlock_3` become `LayerNorm_0, MultiHeadDotProductAttention_0,
+  LayerNorm_1, MlpBlock_0`; Linen names come back unchanged. This is what
+  flax's `convert_pre_linen` does, written here because that function lives
+  in `flax.training.checkpoints`, whose import pulls in orbax and (through
+  flax.io) TensorFlow: 6 s and TF in every process that loads a file.
   """
-  # Imported here: flax.training pulls in orbax (and TensorFlow, when it is
-  # installed, through flax.io), which importing this package must not.
-  from flax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  return checkpoints.convert_pre_linen(tree)
+  if not isinstance(tree, dict):
+    return tree
+  counters = collections.Counter()
+  renamed = {}
+  for name in sorted(tree, key=_natural_key):
+    match = _NUMBERED.match(name)
+    new_name = name
+    if match:
+      prefix = match.group(1)
+      new_name = f'{prefix}_{counters[prefix]}'
+      counters[prefix] += 1
+    renamed[new_name] = _linen_names(tree[name])
+  return renamed
 
 
 def _is_groupnorm_leaf(key: str) -> bool:
