@@ -175,7 +175,7 @@ class TrainTest(absltest.TestCase):
 
   def test_bad_configs_fail_before_compiling(self):
     cases = {
-        'pp.crop': (20, 'not divisible by the patch stride'),
+        'pp.crop': (2, 'smaller than the patch stride'),
         'batch': (5, 'must be divisible by accum_steps'),
         'model_name': ('ViT-X', 'not a registered model'),
         'decay_type': ('exp', 'cosine'),
