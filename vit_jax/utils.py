@@ -53,8 +53,11 @@ def create_learning_rate_schedule(total_steps: int, base: float,
   interpolates linearly from base to `linear_end` for 'linear'. `s` is the
   number of updates applied before this one (optax's count, from 0), as in
   the original release: the first update has lr 0 when warming up.
-  `decay_type` is one of DECAY_TYPES (KeyError otherwise).
+  `decay_type` is one of DECAY_TYPES (ValueError otherwise, as there).
   """
+  if decay_type not in _DECAYS:
+    raise ValueError(f'Unknown lr type {decay_type!r}: use one of '
+                     f'{", ".join(DECAY_TYPES)}.')
   decay = _DECAYS[decay_type]
 
   def step_fn(step):
