@@ -79,8 +79,8 @@ import numpy as np
 from vit_jax.checkpoint import remote as checkpoint_remote
 from vit_jax import datasets
 from vit_jax import digits
-from vit_jax import export
 from vit_jax import inspect as vi
+from vit_jax import workdir as workdir_lib
 from vit_jax.configs import quickstart
 from vit_jax.inspect import loading
 from vit_jax.inspect import plots
@@ -91,7 +91,7 @@ def generate_small_model(workdir):
   """An untrained quickstart-sized ViT, exported as a training run would."""
   config = quickstart.get_config()
   info = datasets.dataset_info(config)  # Writes digits if needed.
-  export.export_untrained(workdir, config=config, info=info)
+  workdir_lib.export_untrained(workdir, config=config, info=info)
   return workdir
 
 

@@ -358,8 +358,8 @@ def format_table(result: FewshotResult) -> str:
 
 def _load(args) -> Tuple[Any, Any, str, int]:
   """(model, params, model_name, resolution) from the arguments."""
-  from vit_jax import export  # pylint: disable=g-import-not-at-top
-  loaded = export.load_model(args.checkpoint, args.model, args.resolution)
+  from vit_jax import workdir  # pylint: disable=g-import-not-at-top
+  loaded = workdir.load_model(args.checkpoint, args.model, args.resolution)
   params = loaded.params
   if args.random_init:
     params = models.init_params(loaded.model, loaded.resolution)

@@ -13,7 +13,9 @@ float32 pixels wherever it is read.
   crop, resize, random flip, with stateless seeds.
 - Eval preprocessing (the original's): bilinear resize of the whole image to
   crop x crop (aspect ratio not kept), then [0, 255] -> [-1, 1] with
-  `normalize`.
+  `normalize`. `preprocess_for_eval` runs it in TensorFlow (the input
+  pipeline), `eval_preprocess_jax` in jax.numpy with the same arithmetic
+  (TF-free predict, serving exports with the preprocessing built in).
 - `EXTENSIONS` decides which files of a folder are images (image-folder
   datasets, `inspect --images=FOLDER`).
 TensorFlow is imported by the functions that use it, not by this module.
@@ -86,6 +88,62 @@ def preprocess_for_eval(image_uint8, crop: int):
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return normalize(tf.image.resize(image_uint8, [crop, crop]))
+
+
+def _bilinear_taps(in_size, out_size: int):
+  """TF's half-pixel bilinear taps along one axis: (lower, upper, lerp).
+
+  Output pixel i samples source coordinate (i + 0.5) * in/out - 0.5, read
+  between rows floor and ceil (clamped to the image) with weight lerp =
+  coordinate - floor, all in float32 as TensorFlow's ResizeBilinear kernel
+  computes them. `in_size` may be a symbolic dimension (jax.export).
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  scale = jnp.asarray(in_size, jnp.float32) / jnp.float32(out_size)
+  t = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
+  # The maximum (a no-op: t > 0) keeps XLA:CPU from contracting the multiply
+  # and the subtraction into one fused multiply-add, whose single rounding
+  # TensorFlow's kernel does not have: one ulp of the coordinate moved
+  # pixels by up to 4e-3 levels (300 -> 224 rows).
+  src = jnp.maximum(t, 0.0) - 0.5
+  floor = jnp.floor(src)
+  lower = jnp.maximum(floor, 0).astype(jnp.int32)
+  upper = jnp.minimum(jnp.ceil(src).astype(jnp.int32),
+                      jnp.asarray(in_size, jnp.int32) - 1)
+  return lower, upper, src - floor
+
+
+def eval_preprocess_jax(images_uint8, crop: int):
+  """`preprocess_for_eval` in jax.numpy: the same pixels without TensorFlow.
+
+  Bilinear resize with half-pixel centres and no antialiasing (what
+  `tf.image.resize` does), evaluated in TensorFlow's order (left/right,
+  then top/bottom), then `normalize`. Jittable; the height and width may be
+  symbolic dimensions of `jax.export` (one artifact for any image size).
+
+  Args:
+    images_uint8: uint8 (batch, h, w, 3) or (h, w, 3), values 0..255.
+    crop: output side (pixels).
+
+  Returns:
+    float32 (batch, crop, crop, 3) (or unbatched) in [-1, 1].
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(images_uint8).astype(jnp.float32)
+  h_axis = x.ndim - 3
+  ly, uy, wy = _bilinear_taps(x.shape[h_axis], crop)
+  lx, ux, wx = _bilinear_taps(x.shape[h_axis + 1], crop)
+  rows = lambda i: jnp.take(x, i, axis=h_axis, mode='clip')  # pylint: disable=g-long-lambda
+  cols = lambda r, i: jnp.take(r, i, axis=h_axis + 1, mode='clip')  # pylint: disable=g-long-lambda
+  wx = wx[:, None]  # Broadcast over channels.
+  wy = wy[:, None, None]
+
+  def lerp_x(r):
+    left = cols(r, lx)
+    return left + (cols(r, ux) - left) * wx
+
+  top, bottom = lerp_x(rows(ly)), lerp_x(rows(uy))
+  return normalize(top + (bottom - top) * wy)
 
 
 def decode_with_pil(data) -> np.ndarray:

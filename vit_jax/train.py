@@ -12,8 +12,6 @@ come from `steps.build`; this module feeds them data, evaluates, logs and
 checkpoints. TensorFlow is imported only when the data is read.
 """
 
-import json
-import os
 import time
 from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
@@ -29,14 +27,13 @@ import orbax.checkpoint as ocp
 from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import errors
-from vit_jax import export
 from vit_jax import fewshot
 # The original's pmapped update, importable here as in the original.
 from vit_jax.original import make_update_fn  # pylint: disable=unused-import
 from vit_jax import partitioning
 from vit_jax import steps
 from vit_jax import utils
-from vit_jax.configs import common
+from vit_jax import workdir as workdir_lib
 
 
 def data_shard(mesh: jax.sharding.Mesh) -> Tuple[int, int]:
@@ -82,56 +79,6 @@ def evaluate(eval_fn: Callable, params: Any, test_ds,
     c, n = eval_fn(params, batch)
     correct, total = correct + c, total + n
   return float(correct) / max(float(total), 1.0)
-
-
-CHECKPOINT_PREFIX = 'checkpoint'  # Steps live in {workdir}/checkpoint_{step}.
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """The directory holding the `checkpoint_{step}` folders: the workdir."""
-  return os.path.abspath(workdir)
-
-
-def _manager_options(config=None, **kwargs) -> ocp.CheckpointManagerOptions:
-  keep = config.keep_checkpoints if config is not None else None
-  return ocp.CheckpointManagerOptions(
-      max_to_keep=keep, step_prefix=CHECKPOINT_PREFIX, **kwargs)
-
-
-def latest_checkpoint_step(workdir: str) -> int:
-  """Step of the newest *complete* checkpoint (0 if none).
-
-  Orbax writes into a temporary directory and renames it when done, so a
-  checkpoint interrupted mid-write is never reported here.
-  """
-  if not os.path.isdir(checkpoint_dir(workdir)):
-    return 0
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir),
-                                  options=_manager_options())
-  step = manager.latest_step()
-  manager.close()
-  return step or 0
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """Orbax manager writing {workdir}/checkpoint_{step}, keeping the newest
-  `config.keep_checkpoints`."""
-  return ocp.CheckpointManager(checkpoint_dir(workdir),
-                               options=_manager_options(config, create=True))
-
-
-def restore_or_keep(manager: ocp.CheckpointManager, state: steps.TrainState,
-                    shardings: Any) -> steps.TrainState:
-  """The latest complete checkpoint, restored with `state`'s shardings."""
-  step = manager.latest_step()
-  if step is None:
-    return state
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      state, shardings)
-  logging.info('Resuming from the checkpoint of step %d.', step)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  return restored
 
 
 class NonFiniteLossError(FloatingPointError, errors.UserError):
@@ -180,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   written or compiled.
   """
   config = config_validation.resolve_and_validate(config)
-  start = latest_checkpoint_step(workdir)
+  start = workdir_lib.latest_checkpoint_step(workdir)
   path = steps.pretrained_path(config)
   if path and not start:
     checkpoint.check_exists(path,
@@ -198,13 +145,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   fewshot_eval = fewshot.create_evaluator(config, built.model,
                                           mesh)  # None: off.
   # Only now (the pretrained file was read) does the workdir get written.
-  manager = checkpoint_manager(workdir, config)
+  manager = workdir_lib.checkpoint_manager(workdir, config)
   state = built.state
   if start:
-    state = restore_or_keep(manager, state, built.shardings)
+    state = workdir_lib.restore_or_keep(manager, state, built.shardings)
   train_fn, eval_fn, lr_fn = built.train_fn, built.eval_fn, built.lr_fn
-  written = {'checkpoints': os.path.join(checkpoint_dir(workdir),
-                                         f'{CHECKPOINT_PREFIX}_<step>')}
+  written = {'checkpoints': workdir_lib.checkpoint_path(workdir, '<step>')}
   if start >= config.total_steps:
     logging.info('%s already holds the final checkpoint (step %d of %d): '
                  'nothing to train; evaluating it.', workdir, start,
@@ -214,7 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     logging.info('Test accuracy: %.5f', accuracy)
     manager.close()
     return RunResult(state.params, accuracy, int(state.step), written)
-  config_file = _record_config(workdir, config, resuming=bool(start))
+  config_file = workdir_lib.record_config(workdir, config, resuming=bool(start))
   written['config'] = config_file
   writer = _metric_writer(workdir, config)
   written['TensorBoard events'] = workdir
@@ -226,31 +172,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     manager.wait_until_finished()
     manager.close()
   if config.export:
-    written['exported model'] = export.export_model(
+    written['exported model'] = workdir_lib.export_model(
         workdir, params=state.params, config=config, info=info)
   writer.flush()
   return RunResult(state.params, accuracy, int(state.step), written)
-
-
-def _record_config(workdir: str, config, *, resuming: bool) -> str:
-  """Writes {workdir}/config.json; on resume, warns about changed fields."""
-  path = os.path.join(workdir, 'config.json')
-  flat = dict(common.flatten(config.to_dict()))
-  flat = {k: v if isinstance(v, (int, float, str, bool, type(None)))
-          else repr(v) for k, v in flat.items()}
-  if resuming and os.path.exists(path):
-    with open(path) as f:
-      before = json.load(f)
-    changed = [f'{k}: {before.get(k)!r} -> {flat.get(k)!r}'
-               for k in sorted(set(before) | set(flat))
-               if before.get(k) != flat.get(k)]
-    if changed:
-      logging.warning(
-          'Resuming %s with a config that differs from the one it was '
-          'started with (%s):\n  %s', workdir, path, '\n  '.join(changed))
-  if jax.process_index() == 0:
-    export.write_json_atomic(path, flat)
-  return path
 
 
 def _train_loop(config, state, train_fn, eval_fn, train_ds, test_ds, mesh,

@@ -11,7 +11,7 @@ from typing import List
 
 from flax import traverse_util
 
-from vit_jax import export
+from vit_jax import workdir as workdir_lib
 from vit_jax.checkpoint import npz
 
 
@@ -22,12 +22,12 @@ def inspect_file(path: str) -> None:
     path: an `.npz` (local, gs://, https://) or a training workdir (its
       model.npz), as `predict` and `inspect` accept.
   """
-  npz_file = export.npz_path(path)
+  npz_file = workdir_lib.npz_path(path)
   if os.path.isdir(path) and not os.path.isfile(npz_file):
     raise npz.CheckpointError(
-        f'{path} is a directory without {export.MODEL_NPZ}: training writes '
-        'it into its workdir when it finishes (config.export=True). Pass a '
-        'finished workdir or an .npz file.')
+        f'{path} is a directory without {workdir_lib.MODEL_NPZ}: training '
+        'writes it into its workdir when it finishes (config.export=True). '
+        'Pass a finished workdir or an .npz file.')
   stored = npz.read_stored(npz_file)
   loaded = traverse_util.flatten_dict(
       npz.from_stored(stored, source=npz_file), sep='/')
