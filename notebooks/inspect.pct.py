@@ -25,7 +25,7 @@
 #    analysed on test digits (or on `IMAGES`);
 # 2. when the network is reachable (Colab): the official ViT-B/16
 #    (ImageNet-21k + ImageNet-1k, 384 px), downloaded with
-#    `vit_jax.checkpoint_download`, analysed on a few photos;
+#    `vit_jax.checkpoint.remote`, analysed on a few photos;
 # 3. offline without a workdir: a freshly initialised quickstart-sized model,
 #    whose figures show no structure (what the committed outputs show: they
 #    come from the test suite's offline run).
@@ -76,11 +76,11 @@ import urllib.request
 from IPython.display import Image as ShowImage
 import numpy as np
 
-from vit_jax import checkpoint_download
+from vit_jax.checkpoint import remote as checkpoint_remote
+from vit_jax import datasets
 from vit_jax import digits
-from vit_jax import export
-from vit_jax import input_pipeline
 from vit_jax import inspect as vi
+from vit_jax import workdir as workdir_lib
 from vit_jax.configs import quickstart
 from vit_jax.inspect import loading
 from vit_jax.inspect import plots
@@ -90,8 +90,8 @@ from vit_jax.inspect import plots
 def generate_small_model(workdir):
   """An untrained quickstart-sized ViT, exported as a training run would."""
   config = quickstart.get_config()
-  info = input_pipeline.dataset_info(config)  # Writes digits if needed.
-  export.export_untrained(workdir, config=config, info=info)
+  info = datasets.dataset_info(config)  # Writes digits if needed.
+  workdir_lib.export_untrained(workdir, config=config, info=info)
   return workdir
 
 
@@ -110,9 +110,9 @@ image_spec = IMAGES or os.path.join(digits.ensure_digits(), 'test')
 if os.path.exists(CHECKPOINT):  # A workdir knows its model; a file not.
   source = 'local'
   model_name = None if os.path.isdir(CHECKPOINT) else MODEL_NAME
-elif USE_NETWORK and checkpoint_download.reachable():
+elif USE_NETWORK and checkpoint_remote.reachable():
   source, model_name = 'official', MODEL_NAME
-  CHECKPOINT = checkpoint_download.download(
+  CHECKPOINT = checkpoint_remote.download(
       MODEL_NAME, directory=CHECKPOINT_DIR, dataset=DATASET)
   image_spec = IMAGES or download_photos(
       os.path.join(CHECKPOINT_DIR, 'photos'), NUM_PHOTOS)

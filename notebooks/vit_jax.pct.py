@@ -80,14 +80,14 @@ import numpy as np
 from PIL import Image
 
 from vit_jax import checkpoint
-from vit_jax import checkpoint_download
+from vit_jax.checkpoint import remote as checkpoint_remote
+from vit_jax import datasets
 from vit_jax import digits
-from vit_jax import export
 from vit_jax import images
-from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
 from vit_jax import train
+from vit_jax import workdir as workdir_lib
 from vit_jax.configs import quickstart
 
 # %% [markdown]
@@ -102,21 +102,21 @@ from vit_jax.configs import quickstart
 def generate_small_model(workdir):
   """An untrained quickstart-sized ViT, exported as a training run would."""
   config = quickstart.get_config()
-  info = input_pipeline.dataset_info(config)  # Writes digits if needed.
-  export.export_untrained(workdir, config=config, info=info)
+  info = datasets.dataset_info(config)  # Writes digits if needed.
+  workdir_lib.export_untrained(workdir, config=config, info=info)
   return workdir
 
 
 labels = None
-if USE_NETWORK and checkpoint_download.reachable():
+if USE_NETWORK and checkpoint_remote.reachable():
   source = 'official'
-  checkpoint_path = checkpoint_download.download(
+  checkpoint_path = checkpoint_remote.download(
       MODEL_NAME, directory=CHECKPOINT_DIR, dataset=DATASET)
   labels = os.path.join(CHECKPOINT_DIR, 'ilsvrc2012_wordnet_lemmas.txt')
   if not os.path.exists(labels):
     urllib.request.urlretrieve(LABELS_URL, labels)
   loaded = predict.load_model(checkpoint_path, MODEL_NAME)
-elif os.path.exists(os.path.join(QUICKSTART_WORKDIR, export.MODEL_NPZ)):
+elif os.path.exists(os.path.join(QUICKSTART_WORKDIR, workdir_lib.MODEL_NPZ)):
   source = 'quickstart'
   checkpoint_path = QUICKSTART_WORKDIR
   loaded = predict.load_model(checkpoint_path)
@@ -175,8 +175,8 @@ if source == 'official':
   # The original's fine-tuning recipe: SGD with momentum, base_lr 0.03.
   config.optimizer, config.base_lr = 'sgd', 0.03
 else:  # The quickstart's own optimizer (Adam) and learning rate.
-  config.model = export.read_metadata(checkpoint_path)['model']
-  config.pretrained_path = os.path.join(checkpoint_path, export.MODEL_NPZ)
+  config.model = workdir_lib.read_metadata(checkpoint_path)['model']
+  config.pretrained_path = os.path.join(checkpoint_path, workdir_lib.MODEL_NPZ)
 config.total_steps = FINETUNE_STEPS
 config.warmup_steps = min(config.warmup_steps, FINETUNE_STEPS // 2)
 config.batch = FINETUNE_BATCH
@@ -195,7 +195,7 @@ print(f'Test accuracy after {result.step} steps: {result.accuracy:.1%}')
 
 # %%
 print(sorted(os.listdir(finetune_dir)))
-model, params, meta = export.load_exported(finetune_dir)
+model, params, meta = workdir_lib.load_exported(finetune_dir)
 copy_path = os.path.join(finetune_dir, 'copy.npz')
 checkpoint.save(params, copy_path)
 same = jax.tree.map(np.array_equal, params, checkpoint.load(copy_path))

@@ -29,20 +29,22 @@ from tests import resume_test
 from tests import train_test
 from vit_jax import checkpoint
 from vit_jax import config_validation
-from vit_jax import input_pipeline
+from vit_jax import datasets
+from vit_jax import images
 from vit_jax import models
+from vit_jax import steps
 from vit_jax import train
 
 CheckpointError = checkpoint.CheckpointError
 ConfigError = config_validation.ConfigError
-DatasetError = input_pipeline.DatasetError
+DatasetError = datasets.DatasetError
 
 
 def tiny_params(hidden: int = 16):
   """Random float32 parameters of train_test.tiny_config's model."""
   config = train_test.tiny_config('unused')
   config.model.hidden_size = hidden
-  abstract = models.abstract_params(train.create_model(config, 2),
+  abstract = models.abstract_params(steps.create_model(config, 2),
                                     config.pp.crop)
   rng = np.random.RandomState(0)
   return jax.tree.map(
@@ -231,8 +233,8 @@ _CONVERTED_CASES = (
 _CONFIG_CASES = (
     ('cfg_unknown_model', _unknown_model, ConfigError,
      'not a registered model'),
-    ('cfg_crop_not_divisible', dict(pp_crop=20), ConfigError,
-     'not divisible by the patch stride 8x8'),
+    ('cfg_crop_below_patch', dict(pp_crop=4), ConfigError,
+     'smaller than the patch stride 8x8'),
     ('cfg_batch_not_divisible', dict(batch=5), ConfigError,
      r'batch=5 must be divisible by accum_steps \(2\)'),
     ('cfg_mesh_mismatch', dict(mesh_data=3), ConfigError,
@@ -328,7 +330,7 @@ class ConvertedImagesTest(parameterized.TestCase):
                                     warmup_steps=1, eval_every=3)
     cls.workdir = os.path.join(tmp, 'workdir')
     cls.result = train.run(config, cls.workdir)
-    cls.info = input_pipeline.dataset_info(config)
+    cls.info = datasets.dataset_info(config)
 
   def test_run_finished(self):
     self.assertEqual(self.result.step, 3)
@@ -345,7 +347,7 @@ class ConvertedImagesTest(parameterized.TestCase):
   def test_converted_to_rgb(self, write, name, tolerance):
     del write
     path = os.path.join(self.root, 'train', 'cat', name)
-    decoded = input_pipeline.decode_image(
+    decoded = images.decode_image(
         open(path, 'rb').read()).numpy()
     with Image.open(path) as image:
       expected = np.asarray(image.convert('RGB'))

@@ -24,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import checkpoint
-from vit_jax import checkpoint_download
+from vit_jax.checkpoint import command
+from vit_jax.checkpoint import listing
+from vit_jax.checkpoint import names
+from vit_jax.checkpoint import remote
 from vit_jax import models
 
 BUCKET_PATH = 'vit_models/imagenet21k/testing.npz'
@@ -111,7 +114,7 @@ class DownloadTest(absltest.TestCase):
     """Runs main(); returns (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      code = checkpoint_download.main(
+      code = command.main(
           ['download', 'testing', f'--dir={self.dir}',
            f'--base_url={self.base_url}', *args])
     return code, out.getvalue(), err.getvalue()
@@ -190,22 +193,22 @@ class DownloadTest(absltest.TestCase):
 
   def test_base_url_from_environment(self):
     with mock.patch.dict(os.environ,
-                         {checkpoint_download.BASE_URL_ENV: self.base_url}):
-      path = checkpoint_download.download('testing', directory=self.dir,
+                         {names.BASE_URL_ENV: self.base_url}):
+      path = remote.download('testing', directory=self.dir,
                                           progress=False)
     self.assertEqual(path, self.dest)
     self.assert_installed()
 
   def test_reachable(self):
-    self.assertTrue(checkpoint_download.reachable(self.base_url))
+    self.assertTrue(remote.reachable(self.base_url))
     port = self.server.server_address[1]
     with mock.patch.dict(os.environ, {
-        checkpoint_download.BASE_URL_ENV: f'http://127.0.0.1:{port}'}):
-      self.assertTrue(checkpoint_download.reachable())
+        names.BASE_URL_ENV: f'http://127.0.0.1:{port}'}):
+      self.assertTrue(remote.reachable())
     closed = socket.socket()
     closed.bind(('127.0.0.1', 0))  # Bound, not listening: refused.
     self.addCleanup(closed.close)
-    self.assertFalse(checkpoint_download.reachable(
+    self.assertFalse(remote.reachable(
         f'http://127.0.0.1:{closed.getsockname()[1]}', timeout=1))
 
   def test_load_over_http(self):
@@ -223,7 +226,7 @@ class DownloadTest(absltest.TestCase):
       f.write(self.data)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-      self.assertEqual(checkpoint_download.main(['inspect', path]), 0)
+      self.assertEqual(command.main(['inspect', path]), 0)
     self.assertRegex(out.getvalue(), r'cls +\(1, 1, 10\)')
     n = sum(np.load(path)[k].size for k in np.load(path).files)
     listing, changes = out.getvalue().split(f'26 arrays, {n:,} parameters')
@@ -242,7 +245,7 @@ class DownloadTest(absltest.TestCase):
     }
     loaded = traverse_util.flatten_dict(
         checkpoint.from_stored(stored, source='x.npz'), sep='/')
-    self.assertEqual(checkpoint_download.load_changes(stored, loaded), [
+    self.assertEqual(listing.load_changes(stored, loaded), [
         'checkpoint.load (so predict, inspect and fine-tuning) changes:',
         '  MlpBlock_3 -> MlpBlock_0  (1 key)',
         '  drops the prefix opt/target/  (2 keys)',
@@ -254,21 +257,21 @@ class DownloadTest(absltest.TestCase):
     os.makedirs(workdir)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-      self.assertEqual(checkpoint_download.main(['inspect', workdir]), 1)
+      self.assertEqual(command.main(['inspect', workdir]), 1)
     self.assertIn('is a directory without model.npz', err.getvalue())
     with open(os.path.join(workdir, 'model.npz'), 'wb') as f:
       f.write(self.data)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-      self.assertEqual(checkpoint_download.main(['inspect', workdir]), 0)
+      self.assertEqual(command.main(['inspect', workdir]), 0)
     self.assertIn(f'{workdir}/model.npz: keys as stored', out.getvalue())
 
 
 class ResolveTest(absltest.TestCase):
 
   def url(self, name, dataset=None):
-    return checkpoint_download.resolve(name, dataset).url(
-        checkpoint_download.DEFAULT_BASE_URL)
+    return names.resolve(name, dataset).url(
+        names.DEFAULT_BASE_URL)
 
   def test_addresses(self):
     gcs = 'https://storage.googleapis.com/'
@@ -286,7 +289,7 @@ class ResolveTest(absltest.TestCase):
     self.assertEqual(self.url('B_16'), f'{gcs}vit_models/augreg/{augreg}.npz')
 
   def test_model_names(self):
-    resolve = checkpoint_download.resolve
+    resolve = names.resolve
     self.assertEqual(resolve('ViT-B_16-224', 'imagenet21k+imagenet2012')
                      .model_name, 'ViT-B_16')
     self.assertEqual(
@@ -297,11 +300,11 @@ class ResolveTest(absltest.TestCase):
 
   def test_unknown_dataset(self):
     with self.assertRaisesRegex(ValueError, 'imagenet21k\\+imagenet2012'):
-      checkpoint_download.resolve('ViT-B_16', 'imagenet1k')
+      names.resolve('ViT-B_16', 'imagenet1k')
 
   def test_augreg_validation_allows_the_official_differences(self):
     """A full-size AugReg B/16 fine-tune (384 px, 1000 classes) passes."""
-    shapes = checkpoint_download.expected_shapes('B_16', {
+    shapes = remote.expected_shapes('B_16', {
         'head': {'kernel': np.empty((768, 1000))},
         'Transformer': {'posembed_input': {
             'pos_embedding': np.empty((1, 577, 768))}}})

@@ -316,13 +316,20 @@ class MakeUpdateFnTest(absltest.TestCase):
     tx = optax.sgd(0.1)
     update_fn = train.make_update_fn(apply_fn=model.apply, accum_steps=2,
                                      tx=tx)
-    batch = {'image': x, 'label': jax.nn.one_hot(jnp.arange(4) % 3, 3)}
-    opt_state = tx.init(params)
-    rng = jax.random.PRNGKey(1)
+    # The original's pmap layout: a leading local-device axis everywhere.
+    devices = jax.local_device_count()
+    batch = {'image': jnp.stack([x] * devices),
+             'label': jnp.stack([jax.nn.one_hot(jnp.arange(4) % 3, 3)]
+                                * devices)}
+    params = flax.jax_utils.replicate(params)
+    opt_state = flax.jax_utils.replicate(
+        tx.init(flax.jax_utils.unreplicate(params)))
+    rng = jax.random.split(jax.random.PRNGKey(1), devices)
     losses = []
     for _ in range(3):
       params, opt_state, loss, rng = update_fn(params, opt_state, batch, rng)
-      losses.append(float(loss))
+      self.assertEqual(loss.shape, (devices,))  # One (equal) loss per device.
+      losses.append(float(loss[0]))
     self.assertAlmostEqual(losses[0], math.log(3), places=5)  # Zero head.
     self.assertLess(losses[-1], losses[0])
 
@@ -347,10 +354,10 @@ class InputPipelineTest(absltest.TestCase):
     batches = list(input_pipeline.prefetch(ds, 1))
     self.assertLen(batches, 3)
     for batch in batches:
-      self.assertEqual(batch['image'].shape, (2, 8, 8, 3))
+      self.assertEqual(batch['image'].shape, (1, 2, 8, 8, 3))
       # One-hot labels that match the image colour (black a, white b).
-      labels = np.argmax(batch['label'], -1)
-      white = np.asarray(batch['image']).mean(axis=(1, 2, 3)) > 0
+      labels = np.argmax(batch['label'][0], -1)
+      white = np.asarray(batch['image'][0]).mean(axis=(1, 2, 3)) > 0
       np.testing.assert_array_equal(labels, white.astype(int))
 
   def test_original_functions_on_tfds(self):
@@ -363,8 +370,8 @@ class InputPipelineTest(absltest.TestCase):
       config.batch, config.shuffle_buffer, config.pp.crop = 4, 8, 16
       ds = input_pipeline.get_data_from_tfds(config=config, mode='train')
       batch = next(input_pipeline.prefetch(ds, 2))
-    self.assertEqual(batch['image'].shape, (4, 16, 16, 3))
-    self.assertEqual(batch['label'].shape, (4, 10))
+    self.assertEqual(batch['image'].shape, (1, 4, 16, 16, 3))
+    self.assertEqual(batch['label'].shape, (1, 4, 10))
     np.testing.assert_array_equal(np.asarray(batch['label']).sum(-1), 1)
     self.assertBetween(float(np.min(batch['image'])), -1.0, 1.0)
     self.assertBetween(float(np.max(batch['image'])), -1.0, 1.0)

@@ -12,7 +12,10 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vit_jax import config_validation
+from vit_jax import datasets
 from vit_jax import digits
+from vit_jax import images
 from vit_jax import input_pipeline as ip
 from vit_jax.configs import common
 
@@ -83,35 +86,35 @@ def _write_good_folder(root):
 class NormalizeTest(absltest.TestCase):
 
   def test_maps_0_255_to_minus1_1(self):
-    got = ip.normalize(np.array([0, 127.5, 255, 51], np.float64))
+    got = images.normalize(np.array([0, 127.5, 255, 51], np.float64))
     self.assertEqual(got.dtype, np.float32)
     np.testing.assert_allclose(got, [-1.0, 0.0, 1.0, -0.6], atol=1e-7)
-    got = ip.normalize(tf.constant([0, 255], tf.uint8))
+    got = images.normalize(tf.constant([0, 255], tf.uint8))
     np.testing.assert_allclose(got.numpy(), [-1.0, 1.0])
 
   def test_eval_is_resize_then_normalize(self):
     image = _rgb(np.random.RandomState(1), 5, 9)
     want = (tf.image.resize(image, [CROP, CROP]).numpy() - 127.5) / 127.5
-    got = ip.preprocess_for_eval(image, CROP)
+    got = images.preprocess_for_eval(image, CROP)
     self.assertEqual(got.shape, (CROP, CROP, 3))
     np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
 
   def test_train_crop_of_full_area_without_flip_is_eval(self):
     image = _rgb(np.random.RandomState(2), 10, 10)
     seed = tf.constant([3, 4], tf.int64)
-    got = ip.preprocess_for_train(image, CROP, seed, crop_area_min=1.0,
+    got = images.preprocess_for_train(image, CROP, seed, crop_area_min=1.0,
                                   flip=False)
-    want = ip.preprocess_for_eval(image, CROP)
+    want = images.preprocess_for_eval(image, CROP)
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
 
   def test_train_flips_half_the_time_and_is_seeded(self):
     image = _rgb(np.random.RandomState(3), 10, 10)
-    plain = ip.preprocess_for_eval(image, CROP).numpy()
+    plain = images.preprocess_for_eval(image, CROP).numpy()
     flips = []
     for i in range(16):
       seed = tf.constant([0, i], tf.int64)
-      got = ip.preprocess_for_train(image, CROP, seed, crop_area_min=1.0)
-      again = ip.preprocess_for_train(image, CROP, seed, crop_area_min=1.0)
+      got = images.preprocess_for_train(image, CROP, seed, crop_area_min=1.0)
+      again = images.preprocess_for_train(image, CROP, seed, crop_area_min=1.0)
       np.testing.assert_array_equal(got.numpy(), again.numpy())
       flipped = np.allclose(got.numpy(), plain[:, ::-1], atol=1e-6)
       self.assertTrue(flipped or np.allclose(got.numpy(), plain, atol=1e-6))
@@ -124,7 +127,7 @@ class NormalizeTest(absltest.TestCase):
     image = np.stack([image] * 3, -1)
     areas = []
     for i in range(20):
-      got = ip.preprocess_for_train(image, 16, tf.constant([1, i], tf.int64),
+      got = images.preprocess_for_train(image, 16, tf.constant([1, i], tf.int64),
                                     flip=False).numpy()
       self.assertGreaterEqual(got.min(), -1.0)
       self.assertLessEqual(got.max(), 240 / 127.5 - 1 + 1e-6)
@@ -192,7 +195,7 @@ class DigitsTest(absltest.TestCase):
     env = {'VIT_JAX_DATA_DIR': self.parent}  # Reuses the written folder.
     with mock.patch.dict(os.environ, env):
       config = _config('digits', batch=8, batch_eval=100)
-      info = ip.dataset_info(config)
+      info = datasets.dataset_info(config)
       self.assertEqual(info.class_names, [str(i) for i in range(10)])
       train, test = ip.get_datasets(config, process_count=1,
                                        process_index=0)
@@ -229,10 +232,10 @@ class FolderPipelineTest(absltest.TestCase):
 
   def test_info_counts_images_only(self):
     with self.assertLogs('absl', 'WARNING') as logs:
-      info = ip.dataset_info(self.config())
+      info = datasets.dataset_info(self.config())
     self.assertIn('Skipping 1 non-image file(s)', logs.output[0])
     self.assertIn('notes.txt', logs.output[0])
-    self.assertEqual(info, ip.DatasetInfo(2, ['cat', 'dog'], 11, 5))
+    self.assertEqual(info, datasets.DatasetInfo(2, ['cat', 'dog'], 11, 5))
 
   def test_shapes_dtypes_range(self):
     train, test = self.datasets(self.config())
@@ -277,8 +280,8 @@ class FolderPipelineTest(absltest.TestCase):
     files = [os.path.join(parent, f)
              for parent, _, names in os.walk(f'{self.root}/train')
              for f in names if not f.endswith('.txt')]
-    refs = np.stack([ip.preprocess_for_eval(
-        ip.decode_image(tf.io.read_file(f)), CROP).numpy() for f in files])
+    refs = np.stack([images.preprocess_for_eval(
+        images.decode_image(tf.io.read_file(f)), CROP).numpy() for f in files])
     stream = _concat(*_batches(self.datasets(config)[0], 11 * epochs))
     distances = ((stream['image'][:, None] - refs[None]) ** 2).sum((2, 3, 4))
     np.testing.assert_allclose(distances.min(axis=1), 0.0, atol=1e-6)
@@ -344,8 +347,8 @@ class FolderPipelineTest(absltest.TestCase):
         f.write(b'broken')
     got = _concat(*_batches(train, 3))['image']
     for image, index in zip(got, order[8:]):
-      want = ip.preprocess_for_eval(
-          ip.decode_image(tf.io.read_file(files[index])), CROP)
+      want = images.preprocess_for_eval(
+          images.decode_image(tf.io.read_file(files[index])), CROP)
       np.testing.assert_allclose(image, want.numpy(), atol=1e-6)
 
   def test_two_processes_make_the_global_batch(self):
@@ -411,11 +414,11 @@ class BadFolderTest(absltest.TestCase):
 
   def assert_error(self, root, *fragments, check_images=False):
     config = _config(root)
-    with self.assertRaises(ip.DatasetError) as cm:
+    with self.assertRaises(datasets.DatasetError) as cm:
       if check_images:
         ip.get_datasets(config, process_index=0, process_count=1)
       else:
-        ip.dataset_info(config)
+        datasets.dataset_info(config)
     for fragment in fragments:
       self.assertIn(fragment, str(cm.exception))
 
@@ -448,7 +451,7 @@ class BadFolderTest(absltest.TestCase):
     with open(f'{root}/test/a/garbage.JPEG', 'wb') as f:
       f.write(b'definitely not a jpeg')
     Image.fromarray(_rgb(rng, 4, 4)).save(f'{root}/train/a/ppm.png', 'PPM')
-    self.assertEqual(ip.dataset_info(_config(root)).num_train_examples, 3)
+    self.assertEqual(datasets.dataset_info(_config(root)).num_train_examples, 3)
     self.assert_error(root, '3 corrupt or unsupported', 'truncated.jpg',
                       f'{root}/test/a/garbage.JPEG', 'PPM data',
                       check_images=True)
@@ -462,7 +465,7 @@ class TfdsTest(absltest.TestCase):
   def test_mock_cifar10_resume_and_processes(self):
     with tfds.testing.mock_data(num_examples=10):
       config = _config('cifar10')
-      info = ip.dataset_info(config)
+      info = datasets.dataset_info(config)
       self.assertEqual(info.num_classes, 10)
       self.assertLen(info.class_names, 10)
       self.assertEqual((info.num_train_examples, info.num_test_examples),
@@ -489,12 +492,12 @@ class TfdsTest(absltest.TestCase):
     config.tfds_data_dir = data_dir
     # A network that answers the probe but fails the download; the probe
     # itself is mocked too, so nothing is looked up or connected.
-    with mock.patch.object(ip.utils, 'network_available',
+    with mock.patch.object(datasets.checkpoint_files, 'network_available',
                            return_value=True), \
         mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
                           side_effect=ConnectionError('no network')):
-      with self.assertRaises(ip.DatasetError) as cm:
-        ip.dataset_info(config)
+      with self.assertRaises(datasets.DatasetError) as cm:
+        datasets.dataset_info(config)
     message = str(cm.exception)
     for fragment in ("'cifar10' is not prepared", data_dir, 'no network',
                      'tfds build cifar10 --data_dir=DIR',
@@ -504,18 +507,18 @@ class TfdsTest(absltest.TestCase):
   def test_no_network_fails_without_trying_to_download(self):
     config = _config('cifar10')
     config.tfds_data_dir = _tempdir(self)
-    with mock.patch.object(ip.utils, 'network_available',
+    with mock.patch.object(datasets.checkpoint_files, 'network_available',
                            return_value=False), \
         mock.patch.object(tfds.core.DatasetBuilder,
                           'download_and_prepare') as download:
-      with self.assertRaisesRegex(ip.DatasetError, 'no network: could not '
+      with self.assertRaisesRegex(datasets.DatasetError, 'no network: could not '
                                   'reach storage.googleapis.com'):
-        ip.dataset_info(config)
+        datasets.dataset_info(config)
     download.assert_not_called()
 
   def test_unknown_name_suggests(self):
-    with self.assertRaises(ip.DatasetError) as cm:
-      ip.dataset_info(_config('cifar11'))
+    with self.assertRaises(datasets.DatasetError) as cm:
+      datasets.dataset_info(_config('cifar11'))
     self.assertIn("Unknown dataset 'cifar11'", str(cm.exception))
     self.assertIn('Did you mean: cifar10', str(cm.exception))
 
@@ -524,16 +527,17 @@ class ValidateConfigTest(absltest.TestCase):
 
   def test_batch_not_divisible(self):
     config = _config('digits', batch=6, batch_eval=8)
-    with self.assertRaises(ip.DatasetError) as cm:
-      ip.validate_config(config, process_count=4)
+    with self.assertRaises(config_validation.ConfigError) as cm:
+      config_validation.validate_data(config, process_count=4)
     self.assertIn('config.batch=6', str(cm.exception))
     self.assertIn('--config.batch=4', str(cm.exception))
     self.assertNotIn('batch_eval', str(cm.exception))
-    ip.validate_config(config, process_count=2)  # 6 and 8 split in two.
+    config_validation.validate_data(config, process_count=2)  # 6 and 8 split in two.
 
   def test_empty_dataset(self):
-    with self.assertRaisesRegex(ip.DatasetError, 'config.dataset is empty'):
-      ip.validate_config(_config(''), process_count=1)
+    with self.assertRaisesRegex(config_validation.ConfigError,
+                                'config.dataset is empty'):
+      config_validation.validate_data(_config(''), process_count=1)
 
 
 if __name__ == '__main__':

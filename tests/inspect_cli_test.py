@@ -17,9 +17,9 @@ from PIL import Image
 
 from tests import test_util
 from vit_jax import checkpoint
-from vit_jax import export
 from vit_jax import models
 from vit_jax import inspect as vi
+from vit_jax import workdir as workdir_lib
 from vit_jax.inspect import benchmark
 from vit_jax.inspect import capture
 from vit_jax.inspect import cli
@@ -171,7 +171,7 @@ class CliTest(absltest.TestCase):
                      ['distance.png', 'inspect.json', 'position.png'])
 
   def test_workdir_model_disagrees(self):
-    with self.assertRaisesRegex(export.LoadError, 'disagrees'):
+    with self.assertRaisesRegex(workdir_lib.LoadError, 'disagrees'):
       cli.run(cli.Options(checkpoint=self.workdir, model='ViT-B_16',
                           out=self.out_dir(), figures=('filters',)))
 

@@ -2,9 +2,8 @@
 
 Imports are read from the source (ast), so the test sees every import,
 also the ones inside functions. Imports under `if __name__ == '__main__':`
-are the command-line entry of a module (e.g. `python -m vit_jax.checkpoint`
-hands over to `checkpoint_download`); they never run on import and are not
-edges of the graph.
+are the command-line entry of a module; they never run on import and are
+not edges of the graph.
 """
 
 import ast
@@ -78,18 +77,32 @@ class LayoutTest(absltest.TestCase):
   def test_leaf_modules(self):
     graph = import_graph()
     self.assertEmpty(graph['vit_jax.errors'])
-    self.assertEqual(graph['vit_jax.checkpoint_names'],
+    self.assertEqual(graph['vit_jax.checkpoint.names'],
                      {'vit_jax.configs.models'})
+    self.assertEmpty(graph['vit_jax.checkpoint.files'])
+
+  def test_checkpoint_package_does_not_import_its_command(self):
+    # `python -m vit_jax.checkpoint` imports the package once; its __init__
+    # must not reach the command (or the workdir format it reads).
+    graph = import_graph()
+    seen, todo = set(), ['vit_jax.checkpoint']
+    while todo:
+      module = todo.pop()
+      if module not in seen:
+        seen.add(module)
+        todo.extend(graph.get(module, ()))
+    self.assertNotIn('vit_jax.checkpoint.command', seen)
+    self.assertNotIn('vit_jax.checkpoint.__main__', seen)
 
   def test_error_types_share_the_leaf_base(self):
     from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
     from vit_jax import config_validation  # pylint: disable=g-import-not-at-top
     from vit_jax import errors  # pylint: disable=g-import-not-at-top
-    from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from vit_jax import datasets  # pylint: disable=g-import-not-at-top
     from vit_jax import partitioning  # pylint: disable=g-import-not-at-top
     from vit_jax import train  # pylint: disable=g-import-not-at-top
     for error in (checkpoint.CheckpointError, config_validation.ConfigError,
-                  input_pipeline.DatasetError, partitioning.MeshError,
+                  datasets.DatasetError, partitioning.MeshError,
                   train.NonFiniteLossError):
       self.assertTrue(issubclass(error, errors.UserError), error)
 

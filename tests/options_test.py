@@ -20,7 +20,7 @@ import numpy as np
 from tests import test_util
 from tests import train_test
 from vit_jax import models
-from vit_jax import train
+from vit_jax import steps
 
 
 def _config(**overrides):
@@ -31,17 +31,17 @@ def _config(**overrides):
 
 def lowered_train_step(config) -> str:
   """StableHLO text of the jitted train step of `config` (not compiled)."""
-  model = train.create_model(config, num_classes=2)
-  tx, lr_fn = train.create_optimizer(config)
+  model = steps.create_model(config, num_classes=2)
+  tx, lr_fn = steps.create_optimizer(config)
   params = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False))[
           'params']
-  state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
+  state = steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
                            params=params,
                            opt_state=jax.eval_shape(tx.init, params))
   batch = {'image': jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32),
            'label': jax.ShapeDtypeStruct((4,), jnp.int32)}
-  step = functools.partial(train.train_step, model=model, tx=tx, lr_fn=lr_fn,
+  step = functools.partial(steps.train_step, model=model, tx=tx, lr_fn=lr_fn,
                            rng=jax.random.PRNGKey(0),
                            accum_steps=config.accum_steps)
   return jax.jit(step).lower(state, batch).as_text()

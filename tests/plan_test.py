@@ -22,7 +22,7 @@ import numpy as np
 from vit_jax import models
 from vit_jax import partitioning
 from vit_jax import plan
-from vit_jax import train
+from vit_jax import steps
 from vit_jax.configs import common
 from vit_jax.configs import vit as vit_config
 
@@ -66,17 +66,17 @@ class CompileTest(absltest.TestCase):
     self.assertEqual(report['mesh'], {'data': 4, 'model': 1})
     self.assertTrue(report['fits'])
 
-    # The same step, lowered here from train.train_step with this test's
+    # The same step, lowered here from steps.train_step with this test's
     # own mesh, shardings and inputs.
     devices = plan.topology_devices('v5e:2x2')
     mesh = jax.sharding.Mesh(np.array(devices).reshape(4, 1),
                              ('data', 'model'))
     resolved = plan.resolve(config, devices, 'v5e:2x2')
-    model = train.create_model(resolved, 10)
-    tx, lr_fn = train.create_optimizer(resolved)
+    model = steps.create_model(resolved, 10)
+    tx, lr_fn = steps.create_optimizer(resolved)
     params = models.abstract_params(model, 32)
     opt = jax.eval_shape(tx.init, params)
-    state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
+    state = steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
                              params=params, opt_state=opt)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     rows = jax.sharding.NamedSharding(mesh,
@@ -86,7 +86,7 @@ class CompileTest(absltest.TestCase):
     for s in jax.tree.leaves(partitioning.tree_shardings(state, mesh)):
       self.assertTrue(all(axis is None for axis in s.spec), s)
     step = functools.partial(
-        train.train_step, model=model, tx=tx, lr_fn=lr_fn,
+        steps.train_step, model=model, tx=tx, lr_fn=lr_fn,
         rng=jax.random.PRNGKey(0), accum_steps=2, batch_spec=rows)
     jitted = jax.jit(step, in_shardings=(state_sh, rows),
                      out_shardings=(state_sh, rep), donate_argnums=(0,))
@@ -214,7 +214,7 @@ class AnalyticFlopsTest(absltest.TestCase):
                + 2 * 2 * 5 * 5 * 2  # logits and weighted sum, 2 heads
                + 2 * 10 * 10 * 3  # attention output, MLP in, MLP out
                + 2 * 10 * 10)  # head
-    model = train.create_model(tiny_config(), 10)
+    model = steps.create_model(tiny_config(), 10)
     self.assertEqual(plan.analytic_flops(model, 32), 3 * forward)
 
 

@@ -19,11 +19,11 @@ from PIL import Image
 from tests import test_util
 from vit_jax import checkpoint
 from vit_jax import config_validation
-from vit_jax import export
+from vit_jax import datasets
 from vit_jax import images
-from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
+from vit_jax import workdir as workdir_lib
 from vit_jax.configs import quickstart
 
 # Unit norm scales and a random head: predictions depend on the image.
@@ -35,7 +35,7 @@ CLASS_NAMES = ['zero', 'one', 'two', 'three']
 
 
 def export_workdir(root, params, resolution=32):
-  """A workdir as `export.export_model` writes it."""
+  """A workdir as `workdir.export_model` writes it."""
   os.makedirs(root)
   checkpoint.save(params, os.path.join(root, 'model.npz'))
   with open(os.path.join(root, 'model.json'), 'w') as f:
@@ -78,8 +78,8 @@ class PredictTest(absltest.TestCase):
   def test_load_image_uses_eval_preprocessing(self):
     image = predict.load_image(self.images[0], 32)
     with open(self.images[0], 'rb') as f:
-      want = input_pipeline.preprocess_for_eval(
-          input_pipeline.decode_image(f.read()), 32).numpy()
+      want = images.preprocess_for_eval(
+          images.decode_image(f.read()), 32).numpy()
     np.testing.assert_array_equal(image, want)
     self.assertEqual(image.shape, (32, 32, 3))
     self.assertBetween(image.min(), -1.0, 1.0)
@@ -119,7 +119,7 @@ class PredictTest(absltest.TestCase):
     testing = models.get_model('testing', num_classes=5)
     params = random_params(testing, 32)
     checkpoint.save(params, npz)
-    with self.assertRaisesRegex(export.LoadError, 'pass --model'):
+    with self.assertRaisesRegex(workdir_lib.LoadError, 'pass --model'):
       predict.load_model(npz)
     loaded = predict.load_model(npz, 'testing')
     self.assertEqual(loaded.model.num_classes, 5)  # From the head.
@@ -130,7 +130,7 @@ class PredictTest(absltest.TestCase):
     self.assertEqual(pe.shape, (1, 1 + 4 * 4, 10))
     # i21k+i2012 files: a 24x24 grid of 16 px patches -> 384 px.
     posemb = np.zeros((1, 1 + 24 * 24, 2))
-    self.assertEqual(export.native_resolution(
+    self.assertEqual(workdir_lib.native_resolution(
         models.get_model_config('ViT-B_16'),
         {'Transformer': {'posembed_input': {'pos_embedding': posemb}}}), 384)
     with self.assertRaisesRegex(checkpoint.CheckpointError,
@@ -150,9 +150,9 @@ class PredictTest(absltest.TestCase):
     self.assertEqual(pe.shape, (1, 1 + 6 * 6, 16))
     want = self.params['Transformer']['posembed_input']['pos_embedding']
     np.testing.assert_array_equal(pe[0, :2], want[0, :2])  # Class + corner.
-    with self.assertRaisesRegex(export.LoadError, 'multiple'):
+    with self.assertRaisesRegex(workdir_lib.LoadError, 'multiple'):
       predict.load_model(npz, resolution=36)
-    with self.assertRaisesRegex(export.LoadError, 'disagrees'):
+    with self.assertRaisesRegex(workdir_lib.LoadError, 'disagrees'):
       predict.load_model(npz, 'ViT-B_16')
 
   def test_headless_file_loads_for_inspect_but_not_predict(self):
@@ -162,7 +162,7 @@ class PredictTest(absltest.TestCase):
     with open(os.path.join(self.root, 'headless.json'), 'w') as f:
       json.dump({'model_name': 'tiny-vit', 'model': dict(TINY_VIT),
                  'num_classes': 4, 'resolution': 32}, f)
-    loaded = export.load_model(npz)  # What `inspect` uses.
+    loaded = workdir_lib.load_model(npz)  # What `inspect` uses.
     self.assertIsNone(loaded.model.num_classes)
     self.assertNotIn('head', loaded.params)
     with self.assertRaisesRegex(predict.PredictError, 'no classification'):
@@ -181,7 +181,7 @@ class PredictTest(absltest.TestCase):
         f.write(text)
       with self.assertRaisesRegex(checkpoint.CheckpointError,
                                   f'Cannot read .*model.json .*{problem}'):
-        export.load_model(workdir)
+        workdir_lib.load_model(workdir)
 
   def test_class_names(self):
     self.assertEqual(predict.get_class_names(3), ['0', '1', '2'])
@@ -199,9 +199,9 @@ class PredictTest(absltest.TestCase):
 
   def test_export_untrained_reads_like_a_workdir(self):
     config = quickstart.get_config()
-    info = input_pipeline.DatasetInfo(3, ['a', 'b', 'c'], 30, 6)
+    info = datasets.DatasetInfo(3, ['a', 'b', 'c'], 30, 6)
     workdir = os.path.join(self.root, 'untrained')
-    export.export_untrained(workdir, config=config, info=info)
+    workdir_lib.export_untrained(workdir, config=config, info=info)
     loaded = predict.load_model(workdir)
     self.assertEqual(loaded.model_name,
                      config_validation.model_name(config))

@@ -37,6 +37,7 @@ EXPECTED = (
     (r'configs/inference_time\.py', OK, 'imgs_sec_core_mean'),
     (r'checkpoint download', FAILS, ''),
     (r'checkpoint inspect checkpoints/', FAILS, 'does not exist'),
+    (r'checkpoint convert', FAILS, 'does not exist'),
     (r"pretrained_dir='gs://", FAILS, 'no network'),
     (r'augreg\.py:R_Ti_16', FAILS, 'no network'),
     (r'--config\.pretrained_dir=checkpoints', FAILS, 'download'),

@@ -19,7 +19,7 @@ _SCRIPT = r'''
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 import ml_collections
-from vit_jax import partitioning, train
+from vit_jax import partitioning, steps
 from vit_jax.configs import common, models
 
 def config(data, model, fsdp):
@@ -40,11 +40,8 @@ def config(data, model, fsdp):
 def run(data, model, fsdp=False):
   c = config(data, model, fsdp)
   devices = jax.devices()[:data * model]
-  mesh = partitioning.create_mesh(c.mesh, devices)
-  m = train.create_model(c, num_classes=10)
-  tx, lr_fn = train.create_optimizer(c)
-  state, shardings = train.create_train_state(c, m, tx, mesh)
-  train_fn, _ = train.make_step_fns(c, m, tx, lr_fn, mesh, shardings)
+  built = steps.build(c, 10, devices=devices)
+  state, train_fn, mesh = built.state, built.train_fn, built.mesh
   rng = np.random.RandomState(0)
   losses = []
   for _ in range(%(steps)d):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models
-from vit_jax import train
+from vit_jax import steps
 from vit_jax import utils
 from vit_jax.configs import common
 from vit_jax.configs import models as model_configs
@@ -61,20 +61,20 @@ def golden_batch():
 @functools.lru_cache(maxsize=None)
 def golden_step(optim_dtype):
   """(tx, jitted train step) of the recipe; shared so it compiles once."""
-  tx, lr_fn = train.create_optimizer(golden_optim_config(optim_dtype))
+  tx, lr_fn = steps.create_optimizer(golden_optim_config(optim_dtype))
   step = jax.jit(functools.partial(
-      train.train_step, model=golden_model(), tx=tx, lr_fn=lr_fn,
+      steps.train_step, model=golden_model(), tx=tx, lr_fn=lr_fn,
       rng=jax.random.PRNGKey(0), accum_steps=2))
   return tx, step
 
 
-def run_updates(params, optim_dtype, batch, steps):
-  """`steps` recipe updates on the same batch: (params, losses, lrs)."""
+def run_updates(params, optim_dtype, batch, n):
+  """`n` recipe updates on the same batch: (params, losses, lrs)."""
   tx, step = golden_step(optim_dtype)
-  state = train.TrainState(step=jnp.int32(0), params=params,
+  state = steps.TrainState(step=jnp.int32(0), params=params,
                            opt_state=tx.init(params))
   losses, lrs = [], []
-  for _ in range(steps):
+  for _ in range(n):
     state, metrics = step(state, batch)
     losses.append(float(metrics['loss']))
     lrs.append(float(metrics['learning_rate']))
@@ -128,7 +128,7 @@ class LossTest(absltest.TestCase):
     shifted = logits - logits.max(-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     want = -logp[np.arange(6), labels].mean()
-    got = train.cross_entropy(jnp.asarray(logits, jnp.float32),
+    got = steps.cross_entropy(jnp.asarray(logits, jnp.float32),
                               jnp.asarray(labels))
     self.assertAlmostEqual(float(got), want, places=5)
     self.assertGreater(float(got), 0.0)  # -log p > 0 for p < 1.
@@ -193,7 +193,7 @@ class EvalStepTest(absltest.TestCase):
     batch = {'image': jnp.zeros((6, 1)),
              'label': jnp.asarray([2, 2, 0, 2, 2, 2]),
              'mask': jnp.asarray([1, 1, 1, 1, 0, 0])}
-    correct, total = train.eval_step({}, batch, model=Fixed())
+    correct, total = steps.eval_step({}, batch, model=Fixed())
     # Real rows 0..3: three of them have label 2; rows 4, 5 are padding.
     self.assertEqual((int(correct), int(total)), (3, 4))
 
@@ -205,21 +205,21 @@ class OptimizerTest(absltest.TestCase):
     config.momentum = 0.0
     for key, value in overrides.items():
       config[key] = value
-    return train.create_optimizer(config)
+    return steps.create_optimizer(config)
 
   def test_lr_applied_at_each_update(self):
     # Plain SGD with unit gradient: update n moves a parameter by -lr_n.
     tx, _ = self._tx(grad_norm_clip=0.0)
     params = {'w': jnp.zeros(())}
     opt_state = tx.init(params)
-    steps = []
+    applied = []
     for _ in range(5):
       updates, opt_state = tx.update({'w': jnp.ones(())}, opt_state, params)
-      steps.append(-float(updates['w']))
+      applied.append(-float(updates['w']))
     # 0.1 * min(1, c / 2) * cosine((c - 2) / 8) for optax counts c = 0..4.
     want = [0.1 * min(1, c / 2) * 0.5 * (1 + np.cos(np.pi * max(c - 2, 0) / 8))
             for c in range(5)]
-    np.testing.assert_allclose(steps, want, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(applied, want, rtol=1e-6, atol=1e-9)
 
   def test_clipping_to_unit_global_norm(self):
     tx, _ = self._tx(momentum=0.0, warmup_steps=0)
@@ -238,7 +238,7 @@ class OptimizerTest(absltest.TestCase):
     tx, step = golden_step('float32')
     batch = golden_batch()
     bad = dict(batch, image=batch['image'].at[0].set(jnp.nan))
-    state = train.TrainState(step=jnp.int32(0), params=params,
+    state = steps.TrainState(step=jnp.int32(0), params=params,
                              opt_state=tx.init(params))
     state, m1 = step(state, batch)
     before = jax.device_get(state)

@@ -14,6 +14,7 @@ from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import input_pipeline
 from vit_jax import train
+from vit_jax import workdir as workdir_lib
 from vit_jax.configs import common
 from vit_jax.configs import models
 
@@ -115,7 +116,7 @@ class TrainTest(absltest.TestCase):
       with self.assertRaises(KeyboardInterrupt):
         train.train_and_evaluate(config, resumed)
     self.assertFalse(os.path.exists(os.path.join(resumed, 'model.npz')))
-    self.assertEqual(train.latest_checkpoint_step(resumed), 4)
+    self.assertEqual(workdir_lib.latest_checkpoint_step(resumed), 4)
     train.train_and_evaluate(config, resumed)
     with open(os.path.join(straight, 'model.npz'), 'rb') as a, open(
         os.path.join(resumed, 'model.npz'), 'rb') as b:
@@ -145,7 +146,7 @@ class TrainTest(absltest.TestCase):
     with self._nan_at_step(5):
       with self.assertRaisesRegex(train.NonFiniteLossError, 'step 5'):
         train.train_and_evaluate(tiny_config(self.data), workdir)
-    self.assertEqual(train.latest_checkpoint_step(workdir), 4)
+    self.assertEqual(workdir_lib.latest_checkpoint_step(workdir), 4)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'model.npz')))
 
   @pytest.mark.slow
@@ -156,7 +157,7 @@ class TrainTest(absltest.TestCase):
     with self._nan_at_step(4):
       with self.assertRaisesRegex(train.NonFiniteLossError, 'step 4'):
         train.train_and_evaluate(tiny_config(self.data), workdir)
-    self.assertEqual(train.latest_checkpoint_step(workdir), 2)
+    self.assertEqual(workdir_lib.latest_checkpoint_step(workdir), 2)
 
   @pytest.mark.slow
   def test_nan_loss_skip_policy_continues(self):
@@ -175,7 +176,7 @@ class TrainTest(absltest.TestCase):
 
   def test_bad_configs_fail_before_compiling(self):
     cases = {
-        'pp.crop': (20, 'not divisible by the patch stride'),
+        'pp.crop': (2, 'smaller than the patch stride'),
         'batch': (5, 'must be divisible by accum_steps'),
         'model_name': ('ViT-X', 'not a registered model'),
         'decay_type': ('exp', 'cosine'),

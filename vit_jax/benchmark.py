@@ -3,8 +3,7 @@ r"""Throughput of the real train and eval steps on synthetic data.
   python -m vit_jax.benchmark --model=ViT-B_16 --res=224 --batch=8 \
       --mode=train
 
-Builds the state and the jitted steps with `train.create_model`,
-`create_optimizer`, `create_train_state` and `make_step_fns` (the code that
+Builds the state and the jitted steps with `steps.build` (the code that
 fine-tuning runs), compiles once, runs `--warmup` steps, then prints the
 median of `--steps` timed steps as one JSON line with the fields of
 /work/shared/bench/timm_reference.py (impl, model, res, batch, mode,
@@ -50,7 +49,8 @@ from vit_jax import cli
 from vit_jax import config_validation
 from vit_jax import host
 from vit_jax import partitioning
-from vit_jax import train
+from vit_jax import plan
+from vit_jax import steps
 from vit_jax import utils
 from vit_jax.configs import common
 
@@ -58,7 +58,6 @@ DEFAULT_CACHE = '~/.cache/vit_jax/jax'
 # The XLA:CPU flags of --cpu_tuning (see host.XLA_CPU_FLAGS).
 DEFAULT_XLA_FLAGS = host.XLA_CPU_FLAGS
 _CACHE_EVENTS = {'hits': 0, 'misses': 0}
-_TIMES = {'trace_s': 0.0}  # Tracing + lowering part of the last compile_s.
 
 
 def host_setup(*, xla_flags: Sequence[str] = (),
@@ -137,40 +136,28 @@ def matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 5) -> float:
   return best
 
 
-def _flops(compiled) -> float:
-  """FLOPs per call from XLA's cost analysis (0 when unavailable)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get('flops', 0.0))
-
-
-def _build(config, mode: str, num_classes: int):
-  """(compiled step, its first arguments, step-to-arguments fn, flops, s)."""
-  mesh = partitioning.create_mesh(config.mesh)
-  model = train.create_model(config, num_classes)
-  tx, lr_fn = train.create_optimizer(config)
-  state, shardings = train.create_train_state(config, model, tx, mesh)
-  train_fn, eval_fn = train.make_step_fns(config, model, tx, lr_fn, mesh,
-                                          shardings)
-  batch = synthetic_batch(config, num_classes, mesh,
+def _compile(config, mode: str, num_classes: int):
+  """`steps.build` (random init), then the step of `mode` compiled: (it,
+  its first arguments, output -> next arguments, FLOPs per call from XLA,
+  compile s, the tracing + lowering part of it, persistent-cache hit)."""
+  built = steps.build(config, num_classes, pretrained=False)
+  batch = synthetic_batch(config, num_classes, built.mesh,
                           with_mask=mode == 'infer')
-  jax.block_until_ready((state, batch))
+  jax.block_until_ready((built.state, batch))
   if mode == 'train':
-    fn, args = train_fn, (state, batch)
+    fn, args = built.train_fn, (built.state, batch)
     advance = lambda out: (out[0], batch)
   else:
-    fn, args = eval_fn, (state.params, batch)
+    fn, args = built.eval_fn, (built.state.params, batch)
     advance = lambda out: args
   _listen_to_cache()
   hits = _CACHE_EVENTS['hits']
   t0 = time.perf_counter()
   lowered = fn.lower(*args)
-  _TIMES['trace_s'] = time.perf_counter() - t0
+  trace_s = time.perf_counter() - t0
   compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-  cache_hit = _CACHE_EVENTS['hits'] > hits
-  return compiled, args, advance, _flops(compiled), compile_s, cache_hit
+  return (compiled, args, advance, plan.cost(compiled)[0],
+          time.perf_counter() - t0, trace_s, _CACHE_EVENTS['hits'] > hits)
 
 
 def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
@@ -179,7 +166,7 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
   """Times `steps` steady-state steps; returns the JSON record as a dict."""
   if mode not in ('train', 'infer'):
     raise ValueError(f"mode={mode!r}; use 'train' or 'infer'.")
-  compiled, args, advance, flops, compile_s, cache_hit = _build(
+  compiled, args, advance, flops, compile_s, trace_s, cache_hit = _compile(
       config, mode, num_classes)
   t0 = time.perf_counter()
   out = jax.block_until_ready(compiled(*args))
@@ -204,7 +191,7 @@ def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
       step_ms=1e3 * med, cpu_ms=1e3 * statistics.median(cpu),
       page_faults_per_step=faults / max(steps, 1),
       first_step_s=compile_s + first_run_s,
-      compile_s=compile_s, trace_s=_TIMES['trace_s'], cache_hit=cache_hit,
+      compile_s=compile_s, trace_s=trace_s, cache_hit=cache_hit,
       peak_host_mem_mb=resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 1024,
       flops_per_step=flops, achieved_flops=flops / med,

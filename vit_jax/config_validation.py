@@ -13,6 +13,7 @@ import ml_collections
 from vit_jax import errors
 from vit_jax import models
 from vit_jax import partitioning
+from vit_jax import utils
 from vit_jax.configs import common
 from vit_jax.configs import models as model_configs
 
@@ -86,19 +87,48 @@ def _check(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def validate_data(config, *, process_count: Optional[int] = None) -> None:
+  """Raises ConfigError naming every data field to change, if any.
+
+  The one check of the data fields (dataset, batch sizes against the
+  `process_count` processes, default jax.process_count(), crop, shuffle
+  buffer); `resolve_and_validate` and `input_pipeline.get_datasets` call it.
+  """
+  count = jax.process_count() if process_count is None else process_count
+  problems = []
+  if not config.dataset:
+    problems.append(
+        'config.dataset is empty: set --config.dataset to a tfds name '
+        "(e.g. cifar10), 'digits' or an image folder")
+  for field in ('batch', 'batch_eval'):
+    value = config[field]
+    if value <= 0 or value % count:
+      fixed = max(count, value // count * count)
+      problems.append(
+          f'config.{field}={value} must be a positive multiple of the '
+          f'process count ({count}), e.g. --config.{field}={fixed}')
+  if config.pp.crop <= 0:
+    problems.append(f'config.pp.crop={config.pp.crop} must be positive')
+  if not 0.0 < config.pp.crop_area_min <= 1.0:
+    problems.append(
+        f'config.pp.crop_area_min={config.pp.crop_area_min} must be in '
+        '(0, 1]')
+  if config.shuffle_buffer < 1:
+    problems.append(
+        f'config.shuffle_buffer={config.shuffle_buffer} must be >= 1')
+  if problems:
+    raise ConfigError('Invalid data config:\n  - ' + '\n  - '.join(problems))
+
+
 def _check_batches(config, data_axis: int) -> None:
-  processes = jax.process_count()
-  per_step = config.accum_steps * data_axis
-  _check(config.accum_steps >= 1, '--config.accum_steps must be >= 1.')
+  # 0 and 1 both mean no accumulation, as in the original.
+  _check(config.accum_steps >= 0, '--config.accum_steps must be >= 0.')
+  per_step = max(config.accum_steps, 1) * data_axis
   _check(config.batch % per_step == 0,
          f'--config.batch={config.batch} must be divisible by accum_steps '
          f'({config.accum_steps}) x data-parallel devices ({data_axis}) = '
          f'{per_step}; e.g. use --config.batch='
          f'{max(per_step, config.batch // per_step * per_step)}.')
-  _check(config.batch % processes == 0 and
-         config.batch_eval % processes == 0,
-         f'--config.batch and --config.batch_eval must be divisible by the '
-         f'number of processes ({processes}).')
   _check(config.batch_eval % data_axis == 0,
          f'--config.batch_eval={config.batch_eval} must be divisible by the '
          f'data-parallel devices ({data_axis}).')
@@ -107,10 +137,15 @@ def _check_batches(config, data_axis: int) -> None:
 def _check_model(config) -> None:
   sh, sw = models.patch_stride(config.model)
   crop = config.pp.crop
-  _check(crop % sh == 0 and crop % sw == 0,
-         f'--config.pp.crop={crop} is not divisible by the patch stride '
-         f'{sh}x{sw} of {model_name(config)}; use a multiple of {sh}, e.g. '
-         f'{max(sh, crop // sh * sh)}.')
+  gh, gw = models.token_grid(config.model, crop)
+  _check(gh >= 1 and gw >= 1,
+         f'--config.pp.crop={crop} is smaller than the patch stride '
+         f'{sh}x{sw} of {model_name(config)}.')
+  if crop % sh or crop % sw:  # A VALID patch conv floors, as the original.
+    logging.warning(
+        'pp.crop=%d is not a multiple of the patch stride %dx%d: %dx%d '
+        'patches, the last %d rows and %d columns of pixels are unused.',
+        crop, sh, sw, gh, gw, crop - gh * sh, crop - gw * sw)
   _check(config.dtype in DTYPES,
          f'--config.dtype={config.dtype!r}; use one of {DTYPES}.')
   _check(config.optim_dtype in DTYPES,
@@ -133,8 +168,7 @@ def resolve_and_validate(
     _resolve_model(config)
   _check(config.trainer in TRAINERS,
          f'--config.trainer={config.trainer!r}; use one of {TRAINERS}.')
-  _check(bool(config.dataset), 'No dataset: set --config.dataset (a tfds '
-         'name such as cifar10, "digits", or an image folder).')
+  validate_data(config)
   _check_model(config)
   _check(config.total_steps is not None and config.total_steps > 0,
          '--config.total_steps must be a positive number of steps.')
@@ -146,9 +180,9 @@ def resolve_and_validate(
         'base_lr=%g (the run goes ahead, as in the original). Lower '
         '--config.warmup_steps if that is not intended.', config.warmup_steps,
         config.total_steps, config.base_lr)
-  _check(config.decay_type in ('cosine', 'linear'),
-         f"--config.decay_type={config.decay_type!r}; use 'cosine' or "
-         "'linear'.")
+  _check(config.decay_type in utils.DECAY_TYPES,
+         f'--config.decay_type={config.decay_type!r}; use one of '
+         f'{utils.DECAY_TYPES}.')
   _check(config.optimizer in ('sgd', 'adam'),
          f"--config.optimizer={config.optimizer!r}; use 'sgd' or 'adam'.")
   _check(config.nonfinite_loss in ('raise', 'skip'),
@@ -160,4 +194,5 @@ def resolve_and_validate(
   except partitioning.MeshError as e:
     raise ConfigError(str(e)) from e
   _check_batches(config, data)
+  config.accum_steps = max(config.accum_steps, 1)  # 0 means 1 from here on.
   return config

@@ -38,12 +38,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from typing import Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import cli
 from vit_jax import fewshot_solver
-from vit_jax import input_pipeline
+from vit_jax import models
 from vit_jax import partitioning
 from vit_jax import utils
 from vit_jax.configs import common
@@ -137,7 +136,7 @@ def compute_features(features_fn: FeaturesFn, params: Any,
 class FewshotData:
   """A dataset prepared once for repeated few-shot evaluations."""
   name: str  # Its name in the TensorBoard tags.
-  info: input_pipeline.DatasetInfo
+  info: Any  # datasets.DatasetInfo: classes and their names.
   train_labels: np.ndarray  # int64 (n,): every train record's label.
   train_rows: np.ndarray  # Sorted train records that some draw uses.
   train: Any  # tf.data: those records, eval-preprocessed, unbatched.
@@ -170,8 +169,10 @@ def load_data(config, *, shots: Sequence[int],
 
   Raises:
     FewshotError: a class of the train split has fewer than max(shots)
-      images. input_pipeline.DatasetError: an unusable dataset.
+      images. datasets.DatasetError: an unusable dataset.
   """
+  # Imported here: the pipeline imports TensorFlow, needed only for data.
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   train, test, info = input_pipeline.get_labeled_splits(config)
   check_shots(train.labels, shots, num_classes=info.num_classes,
               class_names=info.class_names,
@@ -351,13 +352,11 @@ def format_table(result: FewshotResult) -> str:
 
 def _load(args) -> Tuple[Any, Any, str, int]:
   """(model, params, model_name, resolution) from the arguments."""
-  from vit_jax import export  # pylint: disable=g-import-not-at-top
-  loaded = export.load_model(args.checkpoint, args.model, args.resolution)
+  from vit_jax import workdir  # pylint: disable=g-import-not-at-top
+  loaded = workdir.load_model(args.checkpoint, args.model, args.resolution)
   params = loaded.params
   if args.random_init:
-    x = jnp.zeros((1, loaded.resolution, loaded.resolution, 3), jnp.float32)
-    params = jax.jit(lambda x: loaded.model.init(
-        jax.random.PRNGKey(0), x, train=False)['params'])(x)
+    params = models.init_params(loaded.model, loaded.resolution)
   return loaded.model, params, loaded.model_name, loaded.resolution
 
 

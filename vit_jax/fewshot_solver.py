@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import input_pipeline
+from vit_jax import errors
 
 BIAS_FEATURE = 100.0  # Constant feature: a bias that is barely regularised.
 STD_EPS = 1e-5  # Added to the few-shot std before standardising.
@@ -28,7 +28,7 @@ _TEST_CHUNK = 4096  # Test rows scored per jitted call (bounds the memory).
 _HIGHEST = jax.lax.Precision.HIGHEST  # No bfloat16 passes on TPU/GPU.
 
 
-class FewshotError(input_pipeline.DatasetError):
+class FewshotError(errors.UserError):
   """Few-shot settings that the model or the dataset cannot serve."""
 
 

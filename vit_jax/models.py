@@ -3,7 +3,8 @@
 The facts about a model's geometry live here, next to the models, and work
 on a model config (ConfigDict or dict) or a built model alike:
 `patch_stride`, `token_grid`, `has_class_token`; `abstract_params` gives
-the parameter shapes without allocating anything.
+the parameter shapes without allocating anything, `init_params` the one
+initialisation at a given input size.
 """
 
 from typing import Any, Optional, Tuple, Union
@@ -60,14 +61,21 @@ def has_class_token(model_or_config) -> bool:
           _field(model_or_config, 'transformer') is not None)
 
 
+def init_params(model: nn.Module, height: int, width: Optional[int] = None,
+                *, seed: int = 0, shardings: Any = None) -> Any:
+  """Freshly initialised parameters at height x width input pixels, from
+  `PRNGKey(seed)`, in one jitted call (created directly with `shardings`,
+  a matching tree of shardings, when given)."""
+  x = jnp.zeros((1, height, width or height, 3), jnp.float32)
+  init = lambda rng: model.init(rng, x, train=False)['params']
+  return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+
+
 def abstract_params(model: nn.Module, height: int,
                     width: Optional[int] = None) -> Any:
   """The model's parameters as `jax.ShapeDtypeStruct`s at height x width
   input pixels (`jax.eval_shape`: nothing is allocated)."""
-  x = jax.ShapeDtypeStruct((1, height, width or height, 3), jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-  )['params']
+  return jax.eval_shape(lambda: init_params(model, height, width))
 
 
 def is_mixer(model_config) -> bool:

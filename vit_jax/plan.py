@@ -6,11 +6,10 @@ r"""Plans a TPU run on any machine: compiles the real train step for a topology.
 
 With libtpu installed (`pip install -e '.[tpu]'`), JAX describes the chips of
 a TPU slice without owning one, and its TPU compiler runs on the CPU. The
-planner builds exactly what `main.py` would run -- `train.create_model`,
-`train.create_optimizer`, the state shardings of `train._abstract_state` and
-the jitted steps of `train.make_step_fns` -- over a mesh of those abstract
-devices, lowers them with abstract inputs (nothing is allocated, no dataset
-or checkpoint is read) and compiles them. XLA's memory analysis then gives
+planner builds exactly what `main.py` would run -- `steps.build` with an
+abstract state -- over a mesh of those abstract devices, lowers it with
+abstract inputs (nothing is allocated, no dataset or checkpoint is read)
+and compiles it. XLA's memory analysis then gives
 the bytes every chip needs, so a run that would end in RESOURCE_EXHAUSTED
 after queueing is caught on a laptop. `--fit` searches the smallest
 `accum_steps` that fits. Compiling ViT-B/16 at 384 px takes minutes on two
@@ -36,6 +35,7 @@ from vit_jax import configs
 from vit_jax import errors
 from vit_jax import models
 from vit_jax import partitioning
+from vit_jax import steps
 
 GIB = 2**30
 
@@ -131,12 +131,6 @@ def num_classes_of(config, num_classes: Optional[int]) -> int:
       f'{", ".join(NUM_CLASSES)}).')
 
 
-def _shaped(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree, shardings)
-
-
 def abstract_batch(config, mesh, *, train_batch: bool) -> Dict[str, Any]:
   """Shapes of the batches input_pipeline feeds, sharded like train.py's."""
   n = config.batch if train_batch else config.batch_eval
@@ -154,23 +148,13 @@ def lower_steps(config, *, num_classes: int, devices: Sequence[Any]):
 
   `config` must be resolved (config_validation.resolve_and_validate).
   """
-  # Imported here: train imports TensorFlow, whose start-up logs the CLI
-  # silences first (see main).
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  mesh = partitioning.create_mesh(config.mesh, devices)
-  model = train.create_model(config, num_classes)
-  tx, lr_fn = train.create_optimizer(config)
-  abstract_state = train._abstract_state  # pylint: disable=protected-access
-  state, shardings = abstract_state(config, model, tx, mesh)
-  train_fn, eval_fn = train.make_step_fns(config, model, tx, lr_fn, mesh,
-                                          shardings)
-  lowered_train = train_fn.lower(_shaped(state, shardings),
-                                 abstract_batch(config, mesh,
-                                                train_batch=True))
-  lowered_eval = eval_fn.lower(_shaped(state.params, shardings.params),
-                               abstract_batch(config, mesh,
-                                              train_batch=False))
-  return lowered_train, lowered_eval, model
+  built = steps.build(config, num_classes, devices=devices, abstract=True)
+  lowered_train = built.train_fn.lower(
+      built.state, abstract_batch(config, built.mesh, train_batch=True))
+  lowered_eval = built.eval_fn.lower(
+      built.state.params,
+      abstract_batch(config, built.mesh, train_batch=False))
+  return lowered_train, lowered_eval, built.model
 
 
 def memory_bytes(compiled) -> Dict[str, int]:
@@ -280,10 +264,10 @@ def plan(config: ml_collections.ConfigDict, *, topology: str,
   lowered_train, lowered_eval, model = lower_steps(
       config, num_classes=n_classes, devices=devices)
   compiled, compile_s, oom = _compile(lowered_train)
-  steps = {'train': memory_bytes(compiled) if compiled else None}
+  per_step = {'train': memory_bytes(compiled) if compiled else None}
   if with_eval:
     eval_compiled, _, eval_oom = _compile(lowered_eval)
-    steps['eval'] = memory_bytes(eval_compiled) if eval_compiled else None
+    per_step['eval'] = memory_bytes(eval_compiled) if eval_compiled else None
     oom = oom or eval_oom
   n = len(devices)
   data, model_axis = partitioning.mesh_shape(config.mesh.data,
@@ -295,10 +279,10 @@ def plan(config: ml_collections.ConfigDict, *, topology: str,
       'batch': config.batch, 'batch_eval': config.batch_eval,
       'accum_steps': config.accum_steps, 'crop': config.pp.crop,
       'dtype': config.dtype, 'remat': config.remat,
-      'per_device_bytes': steps, 'hbm_bytes': chip.hbm_bytes,
+      'per_device_bytes': per_step, 'hbm_bytes': chip.hbm_bytes,
       'usable_hbm_bytes': chip.usable_bytes,
       'fits': not oom and all(
-          s['total'] <= chip.usable_bytes for s in steps.values()),
+          s['total'] <= chip.usable_bytes for s in per_step.values()),
       'compiler_oom': oom,
       'analytic_flops_per_image': analytic_flops(model, config.pp.crop)}
   record.update(_speed(compiled, chip, config, n))
@@ -421,17 +405,17 @@ def _seconds(s: float) -> str:
 
 def format_report(p: Dict[str, Any]) -> str:
   """The human-readable table of a plan (see `plan`)."""
-  steps = {k: v or {} for k, v in p['per_device_bytes'].items()}
+  per_step = {k: v or {} for k, v in p['per_device_bytes'].items()}
   lines = [
       f"{p['model']} on {p['topology']}: {p['devices']} x {p['chip']}, "
       f"mesh data={p['mesh']['data']} model={p['mesh']['model']}"
       f"{' fsdp' if p['fsdp'] else ''}; batch {p['batch']}, accum_steps "
       f"{p['accum_steps']}, crop {p['crop']}, dtype {p['dtype']}",
-      f"{'per device':<22}" + ''.join(f'{k + " step":>16}' for k in steps)]
+      f"{'per device':<22}" + ''.join(f'{k + " step":>16}' for k in per_step)]
   for key in ('arguments', 'temporaries', 'outputs', 'aliased', 'code',
               'total'):
     lines.append(f'  {key:<20}' + ''.join(
-        f'{_gib(s[key]) if s else "OOM":>16}' for s in steps.values()))
+        f'{_gib(s[key]) if s else "OOM":>16}' for s in per_step.values()))
   lines.append(f"  {'HBM of the chip':<20}{_gib(p['hbm_bytes']):>16}")
   lines.append(f"  {'usable by a program':<20}"
                f"{_gib(p['usable_hbm_bytes']):>16}")

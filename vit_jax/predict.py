@@ -48,13 +48,13 @@ import numpy as np
 
 from vit_jax import cli
 from vit_jax import errors
-from vit_jax import export
 from vit_jax import images as images_lib
+from vit_jax import workdir as workdir_lib
 from vit_jax.inspect import analysis
 
 _IMAGENET_IDS = ('datasets', 'imagenet2012', 'labels.txt')  # In tfds.
 Prediction = List[Tuple[str, float]]  # (label, probability), best first.
-LoadedModel = export.LoadedModel
+LoadedModel = workdir_lib.LoadedModel
 
 
 class PredictError(errors.UserError):
@@ -63,13 +63,13 @@ class PredictError(errors.UserError):
 
 def load_model(checkpoint_path: str, model_name: Optional[str] = None,
                resolution: Optional[int] = None) -> LoadedModel:
-  """`export.load_model`, for a checkpoint that has a classification head.
+  """`workdir.load_model`, for a checkpoint that has a classification head.
 
   Raises:
     PredictError, checkpoint.CheckpointError: with a message saying what
       to do.
   """
-  loaded = export.load_model(checkpoint_path, model_name, resolution)
+  loaded = workdir_lib.load_model(checkpoint_path, model_name, resolution)
   if loaded.model.num_classes is None:
     raise PredictError(f'{checkpoint_path} has no classification head, so '
                        'it cannot predict classes.')

@@ -4,7 +4,6 @@ handler: the small helpers of the training loop."""
 import contextlib
 import logging as python_logging
 import os
-import socket
 import time
 from typing import Any, Callable, Optional, Tuple
 
@@ -13,20 +12,6 @@ import jax
 import jax.numpy as jnp
 
 Schedule = Callable[[jax.Array], jax.Array]
-
-def network_available(host: str, port: int = 443,
-                      timeout: float = 3.0) -> bool:
-  """True if a TCP connection to host:port opens within `timeout` seconds.
-
-  Asked before reading gs:// or downloading with libraries that would
-  otherwise retry an unreachable host for minutes.
-  """
-  try:
-    socket.create_connection((host, port), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
 
 def enable_compilation_cache(path: Optional[str],
                              workdir: Optional[str] = None, *,
@@ -50,6 +35,14 @@ def enable_compilation_cache(path: Optional[str],
   return path
 
 
+# lr(progress, base, linear_end) of each decay, for progress in [0, 1].
+_DECAYS = {
+    'cosine': lambda p, base, end: base * 0.5 * (1.0 + jnp.cos(jnp.pi * p)),
+    'linear': lambda p, base, end: end + (base - end) * (1.0 - p),
+}
+DECAY_TYPES = tuple(_DECAYS)  # Checked in config_validation.
+
+
 def create_learning_rate_schedule(total_steps: int, base: float,
                                   decay_type: str, warmup_steps: int,
                                   linear_end: float = 1e-5) -> Schedule:
@@ -60,18 +53,17 @@ def create_learning_rate_schedule(total_steps: int, base: float,
   interpolates linearly from base to `linear_end` for 'linear'. `s` is the
   number of updates applied before this one (optax's count, from 0), as in
   the original release: the first update has lr 0 when warming up.
+  `decay_type` is one of DECAY_TYPES (ValueError otherwise, as there).
   """
-  if decay_type not in ('cosine', 'linear'):
-    raise ValueError(f"decay_type={decay_type!r}; use 'cosine' or 'linear'.")
+  if decay_type not in _DECAYS:
+    raise ValueError(f'Unknown lr type {decay_type!r}: use one of '
+                     f'{", ".join(DECAY_TYPES)}.')
+  decay = _DECAYS[decay_type]
 
   def step_fn(step):
     step = jnp.asarray(step, jnp.float32)
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    progress = jnp.clip(progress, 0.0, 1.0)
-    if decay_type == 'cosine':
-      lr = base * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    else:
-      lr = linear_end + (base - linear_end) * (1.0 - progress)
+    lr = decay(jnp.clip(progress, 0.0, 1.0), base, linear_end)
     if warmup_steps:
       lr = lr * jnp.minimum(1.0, step / warmup_steps)
     return lr

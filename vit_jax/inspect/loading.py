@@ -2,7 +2,7 @@
 
 A checkpoint is an official-layout `.npz` (the model name comes from the
 caller) or a training workdir holding `model.npz` and `model.json`; both go
-through `export.load_model`, as in `predict`. Images go through the
+through `workdir.load_model`, as in `predict`. Images go through the
 project's one image loader, `images.load_images`: the eval pipeline's
 decode, bilinear resize and [-1, 1] normalisation, as in `predict`.
 """
@@ -11,16 +11,16 @@ import os
 from typing import List
 
 from vit_jax import errors
-from vit_jax import export
 from vit_jax import images
+from vit_jax import workdir as workdir_lib
 
 
 class InspectError(errors.UserError):
   """A user-facing problem with the inputs (bad file, wrong model, ...)."""
 
 
-LoadedModel = export.LoadedModel
-load_model = export.load_model  # The project's one loader, as in `predict`.
+LoadedModel = workdir_lib.LoadedModel
+load_model = workdir_lib.load_model  # The project's one loader.
 load_images = images.load_images  # Raises images.ImageError on bad files.
 
 

@@ -1,4 +1,4 @@
-"""Official `.npz` checkpoints: load, save, inspect, adapt to a new model.
+"""The official `.npz` format: read, check, convert names, save.
 
 The files in gs://vit_models and gs://mixer_models are NumPy `.npz` archives
 holding one float32 array per parameter, keyed by its `/`-joined path, e.g.
@@ -8,23 +8,19 @@ pre-Linen numbering (one counter shared by all submodules of a block:
 and the hybrids store GroupNorm parameters as (1, 1, 1, C).
 
 - `load` reads a file (local, gs:// or https://) into the Linen tree of
-  `models.VisionTransformer` / `models.MlpMixer`;
-- `save` writes such a tree back in the official layout;
-- `load_pretrained` adapts a file to a fine-tuning model (new head, resized
-  position embedding, pre_logits kept or dropped);
-- `inspect_params` compares two trees and says what differs;
-- `interpolate_posembed` resizes a position embedding as the original does.
+  `models.VisionTransformer` / `models.MlpMixer` (pre-Linen names renumbered as
+  flax's `convert_pre_linen` does; GroupNorm squeezed);
+- `save` writes such a tree back in the official layout, atomically.
 
 Errors: every problem with a file (missing, not an `.npz`, truncated or
 corrupt, pickled objects, non-float or non-finite weights, the keys or shapes
 of another model) raises `CheckpointError`, a `ValueError` whose one-paragraph
 message names the file and the problem.
 
-Command line (implemented in `checkpoint_download`):
-  python -m vit_jax.checkpoint download ViT-B_16 --dir=checkpoints
-  python -m vit_jax.checkpoint inspect checkpoints/ViT-B_16.npz
+Adapting a file to a fine-tuning model is `pretrained.py`'s.
 """
 
+import collections
 import collections.abc
 import contextlib
 import http.client
@@ -32,7 +28,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 from typing import Any, Dict, Optional, Tuple
 import urllib.error
@@ -43,11 +38,10 @@ import zlib
 from absl import logging
 import jax
 import numpy as np
-import scipy.ndimage
 
-from vit_jax import checkpoint_names
 from vit_jax import errors
-from vit_jax import models
+from vit_jax.checkpoint import files
+from vit_jax.checkpoint import names
 
 Params = Dict[str, Any]  # Nested dict of arrays.
 
@@ -58,7 +52,6 @@ class CheckpointError(errors.UserError):
 
 # GroupNorm modules of the hybrid ResNet root: gn1..3, gn_root, gn_proj.
 _GROUPNORM_PARENT = re.compile(r'gn(\d+|_root|_proj)$')
-_NUMBERED = re.compile(r'^(.*)_(\d+)$')
 _ENCODER_BLOCK = re.compile(r'^encoderblock_\d+$')
 # Linen -> pre-Linen names inside a ViT block: the old flax.nn API numbered
 # LayerNorm, attention, LayerNorm, MLP with one shared counter.
@@ -71,27 +64,26 @@ _PRE_LINEN_BLOCK = {
 # Wrappers some writers put around the parameters (optimizer target,
 # big_vision); the official buckets use none.
 _PREFIXES = ('opt/target/', 'params/')
-_POSEMB = ('Transformer', 'posembed_input', 'pos_embedding')
 
 
-def _natural_key(name: str):
+def natural_key(name: str):
   """Sort key that compares digit runs as numbers: block_2 < block_10."""
   return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
 
 
-def _flatten(tree, prefix: str = '') -> Dict[str, Any]:
+def flatten(tree, prefix: str = '') -> Dict[str, Any]:
   """{'a': {'b': x}} -> {'a/b': x}; empty dicts (no params) vanish."""
   flat = {}
   for name, value in tree.items():
     key = f'{prefix}{name}'
     if isinstance(value, collections.abc.Mapping):
-      flat.update(_flatten(value, key + '/'))
+      flat.update(flatten(value, key + '/'))
     else:
       flat[key] = value
   return flat
 
 
-def _unflatten(flat: Dict[str, Any]) -> Params:
+def unflatten(flat: Dict[str, Any]) -> Params:
   """{'a/b': x} -> {'a': {'b': x}}."""
   tree = {}
   for key, value in flat.items():
@@ -103,8 +95,17 @@ def _unflatten(flat: Dict[str, Any]) -> Params:
   return tree
 
 
-def _shape(x) -> Tuple[int, ...]:
+def shape_of(x) -> Tuple[int, ...]:
+  """Shape of an array, ShapeDtypeStruct or nested list."""
   return tuple(getattr(x, 'shape', np.shape(x)))
+
+
+_NUMBERED = re.compile(r'^(.*)_(\d+)$')
+
+
+def _natural_key(name: str):
+  """Sort key that compares digit runs as numbers: block_2 < block_10."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
 
 
 def _linen_names(tree):
@@ -112,9 +113,10 @@ def _linen_names(tree):
 
   Pre-Linen `LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
   MlpBlock_3` become `LayerNorm_0, MultiHeadDotProductAttention_0,
-  LayerNorm_1, MlpBlock_0`; names that are already Linen stay unchanged.
-  Natural order matters: a lexicographic sort would map encoderblock_10 to
-  encoderblock_2 and silently scramble every model with more than 10 blocks.
+  LayerNorm_1, MlpBlock_0`; Linen names come back unchanged. This is what
+  flax's `convert_pre_linen` does, written here because that function lives
+  in `flax.training.checkpoints`, whose import pulls in orbax and (through
+  flax.io) TensorFlow: 6 s and TF in every process that loads a file.
   """
   if not isinstance(tree, dict):
     return tree
@@ -138,7 +140,7 @@ def _is_groupnorm_leaf(key: str) -> bool:
 
 
 def _how_to_get(path: str, model_name: Optional[str] = None) -> str:
-  return checkpoint_names.how_to_get(path, model_name=model_name)
+  return names.how_to_get(path, model_name=model_name)
 
 
 def check_exists(path, *, model_name: Optional[str] = None) -> None:
@@ -160,19 +162,15 @@ def check_exists(path, *, model_name: Optional[str] = None) -> None:
                           f'{_how_to_get(path, model_name)}')
 
 
-_GCS_HOST = 'storage.googleapis.com'
-
-
 def _gcs_exists(path: str, model_name: Optional[str]) -> bool:
   """tf.io.gfile.exists for gs://, failing fast and readably when offline.
 
   (Offline, TensorFlow's GCS client retries for ~30 s and then raises an
   error whose text is a libcurl message.)
   """
-  from vit_jax import utils  # pylint: disable=g-import-not-at-top
-  if not utils.network_available(_GCS_HOST):
+  if not files.network_available(names.GCS_HOST):
     raise CheckpointError(
-        f'Cannot read {path}: no network (could not reach {_GCS_HOST}). '
+        f'Cannot read {path}: no network (could not reach {names.GCS_HOST}). '
         'Download the file where there is network and point '
         f'--config.pretrained_dir at its folder. '
         f'{_how_to_get(path, model_name)}')
@@ -303,7 +301,7 @@ def loaded_names(keys) -> Dict[str, str]:
   """
   # Renaming a tree whose leaves are their own stored keys gives the map.
   stripped = _strip_prefixes({k: k for k in keys})
-  renamed = _flatten(_linen_names(_unflatten(stripped)))
+  renamed = flatten(_linen_names(unflatten(stripped)))
   return {stored: new for new, stored in renamed.items()}
 
 
@@ -330,196 +328,11 @@ def load(path) -> Params:
 def from_stored(stored: Dict[str, np.ndarray], *, source: str) -> Params:
   """`load`'s conversion of `read_stored` arrays; `source` names the file."""
   flat = _checked_float32(_strip_prefixes(stored), source)
-  flat = _flatten(_linen_names(_unflatten(flat)))
+  flat = flatten(_linen_names(unflatten(flat)))
   for key, x in flat.items():
     if _is_groupnorm_leaf(key) and x.ndim > 1:
       flat[key] = x.reshape(x.shape[-1:])
-  return _unflatten(flat)
-
-
-def _listing(title: str, items, limit: int = 10) -> str:
-  shown = ', '.join(items[:limit])
-  more = f', ... and {len(items) - limit} more' if len(items) > limit else ''
-  return f'{title}: {shown}{more}'
-
-
-def inspect_params(*, params, expected, fail_if_extra: bool = True,
-                   fail_if_missing: bool = True,
-                   source: str = 'The checkpoint') -> Params:
-  """Checks that `params` has the keys and shapes of `expected`.
-
-  Args:
-    params: nested dict of arrays (e.g. from `load`).
-    expected: nested dict of arrays or `jax.ShapeDtypeStruct`s (the model's).
-    fail_if_extra: raise on keys only in `params`; otherwise drop them.
-    fail_if_missing: raise on keys only in `expected`; otherwise log them.
-    source: how the message names `params`, e.g. 'Checkpoint x.npz'.
-
-  Returns:
-    `params` as a nested dict, without extra keys when fail_if_extra=False.
-
-  Raises:
-    CheckpointError: listing missing keys, unexpected keys and shape
-      mismatches (`key: file shape (a, b) vs model shape (c, d)`), at most 10
-      of each.
-  """
-  have, want = _flatten(params), _flatten(expected)
-  # Shallow keys first: cls, embedding and head tell most about a model.
-  order = lambda keys: sorted(keys, key=lambda k: (k.count('/'),
-                                                   _natural_key(k)))
-  missing = order(want.keys() - have.keys())
-  extra = order(have.keys() - want.keys())
-  mismatched = [
-      f'{k}: file shape {_shape(have[k])} vs model shape {_shape(want[k])}'
-      for k in order(have.keys() & want.keys())
-      if _shape(have[k]) != _shape(want[k])]
-  problems = []
-  if missing and fail_if_missing:
-    problems.append(_listing(f'{len(missing)} missing keys', missing))
-  elif missing:
-    logging.info('inspect_params: missing keys %s', missing)
-  if extra and fail_if_extra:
-    problems.append(_listing(f'{len(extra)} unexpected keys', extra))
-  elif extra:
-    logging.info('inspect_params: dropping extra keys %s', extra)
-  if mismatched:
-    problems.append(_listing(f'{len(mismatched)} shape mismatches',
-                             mismatched))
-  if problems:
-    raise CheckpointError(
-        f'{source} does not match the model: ' + '; '.join(problems) +
-        '. Is it a checkpoint of another model (hidden size, depth, patch '
-        'size, hybrid or Mixer)? Compare its keys with `python -m '
-        'vit_jax.checkpoint inspect FILE`.')
-  return _unflatten({k: v for k, v in have.items() if k in want})
-
-
-def interpolate_posembed(posemb, num_tokens: int, has_class_token: bool, *,
-                         grid_shape: Optional[Tuple[int, int]] = None
-                         ) -> np.ndarray:
-  """Resizes a position embedding as the original release does.
-
-  The class row (if any) is passed through unchanged; the square grid of the
-  remaining rows is resized with `scipy.ndimage.zoom(order=1)`, i.e. bilinear
-  interpolation with aligned corners (corner values are copied exactly).
-
-  Args:
-    posemb: (1, N_old, D) with N_old = [1 +] g * g, rows in row-major order.
-    num_tokens: N_new, including the class row if there is one.
-    has_class_token: whether row 0 is the class token's.
-    grid_shape: target (gh, gw); e.g. (24, 16) for 384x256 px with patch
-      16. None: the grid of N_new must be square.
-
-  Returns:
-    float32 array of shape (1, num_tokens, D).
-  """
-  posemb = np.asarray(posemb, np.float32)
-  if posemb.ndim != 3 or posemb.shape[0] != 1:
-    raise ValueError(f'expected a (1, tokens, dim) array, got {posemb.shape}')
-  n_prefix = 1 if has_class_token else 0
-  prefix, grid = posemb[:, :n_prefix], posemb[0, n_prefix:]
-  gs_old = math.isqrt(len(grid))
-  if gs_old * gs_old != len(grid):
-    raise ValueError(f'{len(grid)} grid rows do not form a square grid')
-  if grid_shape is None:
-    gs_new = math.isqrt(max(num_tokens - n_prefix, 0))
-    if gs_new * gs_new != num_tokens - n_prefix:
-      raise ValueError(
-          f'{num_tokens - n_prefix} target grid rows do not form a square '
-          'grid; pass grid_shape=(height, width) in patches')
-    grid_shape = (gs_new, gs_new)
-  gh, gw = grid_shape
-  if gh * gw + n_prefix != num_tokens:
-    raise ValueError(f'grid_shape {grid_shape} does not give {num_tokens} '
-                     f'tokens (class row: {has_class_token})')
-  grid = grid.reshape(gs_old, gs_old, -1)
-  grid = scipy.ndimage.zoom(grid, (gh / gs_old, gw / gs_old, 1), order=1)
-  assert grid.shape[:2] == (gh, gw), (grid.shape, grid_shape)
-  return np.concatenate([prefix, grid.reshape(1, gh * gw, -1)], axis=1)
-
-
-def _get(tree, path):
-  for name in path:
-    if not isinstance(tree, collections.abc.Mapping) or name not in tree:
-      return None
-    tree = tree[name]
-  return tree
-
-
-def fit_posemb(params: Params, expected, *, has_class_token: bool,
-               grid_shape: Optional[Tuple[int, int]] = None,
-               source: str = 'The checkpoint') -> None:
-  """Resizes params' position embedding, in place, to expected's length.
-
-  Does nothing when either has none, the lengths agree, or the widths
-  differ (then `inspect_params` reports the mismatch). See
-  `interpolate_posembed` for `has_class_token` and `grid_shape`.
-
-  Raises:
-    CheckpointError: the embedding cannot be resized to that length.
-  """
-  posemb, target = _get(params, _POSEMB), _get(expected, _POSEMB)
-  if (posemb is None or target is None or _shape(posemb) == _shape(target)
-      or len(_shape(target)) != 3 or _shape(posemb)[-1] != _shape(target)[-1]):
-    return
-  logging.info('%s: resizing the position embedding %s to %s', source,
-               _shape(posemb), _shape(target))
-  try:
-    params['Transformer']['posembed_input']['pos_embedding'] = (
-        interpolate_posembed(posemb, _shape(target)[1], has_class_token,
-                             grid_shape=grid_shape))
-  except ValueError as e:
-    raise CheckpointError(
-        f'{source}: cannot resize the position embedding from '
-        f'{_shape(posemb)} to {_shape(target)}: {e}.') from None
-
-
-def load_pretrained(*, pretrained_path, init_params, model_config,
-                    grid_shape: Optional[Tuple[int, int]] = None) -> Params:
-  """Loads a checkpoint and adapts it to a fine-tuning model.
-
-  - `head` always comes from `init_params` (the new task's fresh head);
-  - a `pre_logits` layer in the file is dropped when the model has
-    `representation_size=None` ("drop-head variant"), kept otherwise;
-  - the position embedding is resized with `interpolate_posembed` when the
-    model's token count differs (e.g. 224 px file, 384 px fine-tuning).
-
-  Args:
-    pretrained_path: path or URL of the `.npz` (see `load`).
-    init_params: the model's params (nested dict of numpy or jax arrays).
-    model_config: the model's ConfigDict (`classifier`,
-      `representation_size`).
-    grid_shape: (gh, gw) patch grid of the model, needed only when it is not
-      square (e.g. (24, 16) for 384x256 images and patch 16).
-
-  Returns:
-    Nested dict of numpy arrays with exactly the structure and shapes of
-    `init_params`.
-
-  Raises:
-    CheckpointError: if the file cannot be read or does not fit the model.
-  """
-  name = os.fspath(pretrained_path)
-  restored = load(name)
-  if model_config.get('representation_size') is None:
-    if restored.pop('pre_logits', None) is not None:
-      logging.info('load_pretrained: drop-head variant (pre_logits dropped)')
-  if 'head' in init_params:
-    restored['head'] = jax.device_get(dict(init_params['head']))
-  elif restored.pop('head', None) is not None:
-    logging.info('load_pretrained: model has no head; dropped the file\'s')
-  fit_posemb(restored, init_params, has_class_token=models.has_class_token(
-      model_config), grid_shape=grid_shape, source=name)
-  # Lenient on extra keys (dropped, logged), as the original; strict on
-  # missing keys and shapes, which the original let fail later in apply.
-  return inspect_params(params=restored, expected=init_params,
-                        fail_if_extra=False, source=f'Checkpoint {name}')
-
-
-def recover_tree(keys, values) -> Params:
-  """Nested dict from '/'-separated `keys` and their `values` (the
-  original's helper, e.g. to read a checkpoint's sub-trees by hand)."""
-  return _unflatten(dict(zip(keys, values)))
+  return unflatten(flat)
 
 
 def copy(src: str, dst: str, progress: bool = True,
@@ -557,7 +370,7 @@ def to_official_layout(params) -> Dict[str, np.ndarray]:
   Float32 inputs are not copied.
   """
   flat = {}
-  for key, x in _flatten(jax.device_get(params)).items():
+  for key, x in flatten(jax.device_get(params)).items():
     parts = key.split('/')
     for i in range(len(parts) - 1):
       if _ENCODER_BLOCK.match(parts[i]):
@@ -576,32 +389,15 @@ def save(params, path) -> None:
   """Writes params as an official-layout `.npz` (see `to_official_layout`).
 
   Uncompressed `np.savez`, one float32 array per parameter, as the released
-  files. The file appears atomically: it is written to a temporary file in
-  the same directory and renamed, so a crash never leaves half a file.
+  files, written with `files.atomic_write` (never half a file).
 
   Args:
     params: nested dict of arrays (numpy or possibly sharded jax arrays).
     path: local destination, conventionally `<model_name>.npz`.
   """
-  flat = to_official_layout(params)
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp',
-                             prefix=os.path.basename(path) + '.')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **flat)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files.
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
+  save_flat(to_official_layout(params), path)
 
 
-if __name__ == '__main__':
-  # Run the CLI from the imported modules so that exception classes match.
-  from vit_jax import checkpoint_download  # pylint: disable=g-import-not-at-top
-  sys.exit(checkpoint_download.main(sys.argv[1:]))
+def save_flat(flat: Dict[str, np.ndarray], path) -> None:
+  """Writes `{'a/b': array}` as an uncompressed `.npz`, atomically."""
+  files.atomic_write(path, lambda f: np.savez(f, **flat))

@@ -1,36 +1,45 @@
-"""Exports fine-tuned parameters as an official-layout `.npz` plus metadata.
+"""The training workdir's format: what `train.run` writes and readers load.
 
-A workdir then holds `model.npz` (loadable by the original release, timm and
-`checkpoint.load`) and `model.json`:
+A workdir holds
+- `checkpoint_{step}/`: orbax checkpoints of the whole TrainState (the
+  original's folder names), written by `checkpoint_manager` and found by
+  `latest_checkpoint_step` (complete ones only);
+- `config.json`: the flattened config of the run (`record_config`);
+- `model.npz` (official layout: the original release, timm and
+  `checkpoint.load` read it) and `model.json`, written by `export_model`:
 
-  {"model_name": ..., "model": {model config fields}, "num_classes": N,
-   "class_names": [...], "resolution": crop, "dataset": ...}
+    {"model_name": ..., "model": {model config fields}, "num_classes": N,
+     "class_names": [...], "resolution": crop, "dataset": ...}
 
-`load_model(path, model_name=None, resolution=None)` is the one loader of
-`predict`, `inspect` and the notebooks: it turns a workdir, its model.npz or
-an official-layout `.npz` into a model and checked parameters, resizing the
-position embedding for another resolution. `load_exported(path)` is the
-plain (model, params, metadata) form for exported models.
+`load_model(path, model_name=None, resolution=None)` is the project's one
+model loader (predict, inspect, fewshot, export, the notebooks): a workdir,
+its model.npz or an official-layout `.npz` -> model and checked parameters,
+the position embedding resized for another resolution. `load_exported` is
+the plain (model, params, metadata) form. JSON files are written with
+`checkpoint.atomic_write`, so a reader never sees half a file.
 """
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
 from vit_jax import config_validation
 from vit_jax import models
+from vit_jax.configs import common
 
+CHECKPOINT_PREFIX = 'checkpoint'  # Steps live in {workdir}/checkpoint_{step}.
+CONFIG_JSON = 'config.json'
 MODEL_NPZ = 'model.npz'
 MODEL_JSON = 'model.json'
 DEFAULT_RESOLUTION = 224  # Models without position embeddings (Mixer).
-_POSEMB = ('Transformer', 'posembed_input', 'pos_embedding')
 _META_KEYS = ('model_name', 'model', 'num_classes')  # Required in model.json.
 
 
@@ -47,17 +56,79 @@ class LoadedModel(NamedTuple):
   class_names: Optional[List[str]]  # model.json's; None for official files.
 
 
-def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+def checkpoint_path(workdir: str, step) -> str:
+  """{workdir}/checkpoint_{step} as an absolute path (`step` may be text)."""
+  return os.path.join(os.path.abspath(workdir), f'{CHECKPOINT_PREFIX}_{step}')
+
+
+def _manager_options(config=None, **kwargs) -> ocp.CheckpointManagerOptions:
+  keep = config.keep_checkpoints if config is not None else None
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=keep, step_prefix=CHECKPOINT_PREFIX, **kwargs)
+
+
+def latest_checkpoint_step(workdir: str) -> int:
+  """Step of the newest *complete* checkpoint (0 if none).
+
+  Orbax writes into a temporary directory and renames it when done, so a
+  checkpoint interrupted mid-write is never reported here.
+  """
+  if not os.path.isdir(workdir):
+    return 0
+  manager = ocp.CheckpointManager(os.path.abspath(workdir),
+                                  options=_manager_options())
+  step = manager.latest_step()
+  manager.close()
+  return step or 0
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """Orbax manager writing {workdir}/checkpoint_{step}, keeping the newest
+  `config.keep_checkpoints`."""
+  return ocp.CheckpointManager(os.path.abspath(workdir),
+                               options=_manager_options(config, create=True))
+
+
+def restore_or_keep(manager: ocp.CheckpointManager, state: Any,
+                    shardings: Any) -> Any:
+  """The latest complete checkpoint of `manager`, restored with the shapes
+  of `state` (a TrainState) and `shardings` (the same tree of shardings);
+  `state` itself when there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      state, shardings)
+  logging.info('Resuming from the checkpoint of step %d.', step)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def _write_json(path: str, obj: Dict[str, Any]) -> None:
+  checkpoint.atomic_write(path, lambda f: json.dump(obj, f, indent=2),
+                          binary=False)
+
+
+def record_config(workdir: str, config, *, resuming: bool) -> str:
+  """Writes {workdir}/config.json (process 0); on resume, warns about the
+  fields that differ from the recorded ones. Returns the path."""
+  path = os.path.join(workdir, CONFIG_JSON)
+  flat = dict(common.flatten(config.to_dict()))
+  flat = {k: v if isinstance(v, (int, float, str, bool, type(None)))
+          else repr(v) for k, v in flat.items()}
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    changed = [f'{k}: {before.get(k)!r} -> {flat.get(k)!r}'
+               for k in sorted(set(before) | set(flat))
+               if before.get(k) != flat.get(k)]
+    if changed:
+      logging.warning(
+          'Resuming %s with a config that differs from the one it was '
+          'started with (%s):\n  %s', workdir, path, '\n  '.join(changed))
+  if jax.process_index() == 0:
+    _write_json(path, flat)
+  return path
 
 
 def export_model(workdir: str, *, params: Any, config, info) -> str:
@@ -71,7 +142,7 @@ def export_model(workdir: str, *, params: Any, config, info) -> str:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     checkpoint.save(params, path)
-    write_json_atomic(os.path.join(workdir, MODEL_JSON), {
+    _write_json(os.path.join(workdir, MODEL_JSON), {
         'model_name': config_validation.model_name(config),
         'model': config.model.to_dict(),
         'num_classes': info.num_classes,
@@ -92,15 +163,14 @@ def export_untrained(workdir: str, *, config, info, seed: int = 0) -> str:
   Args:
     workdir: where model.npz and model.json are written.
     config: a training config (its model, model_name, pp.crop, dataset).
-    info: the dataset's `input_pipeline.DatasetInfo` (classes and names).
+    info: the dataset's `datasets.DatasetInfo` (classes and names).
     seed: initialisation seed.
 
   Returns:
     The path of model.npz.
   """
   model = models.build_model(config.model, num_classes=info.num_classes)
-  x = np.zeros((1, config.pp.crop, config.pp.crop, 3), np.float32)
-  params = model.init(jax.random.PRNGKey(seed), x, train=False)['params']
+  params = models.init_params(model, config.pp.crop, seed=seed)
   return export_model(workdir, params=params, config=config, info=info)
 
 
@@ -160,14 +230,6 @@ def npz_path(path: str) -> str:
   return path[:-len('.json')] + '.npz' if path.endswith('.json') else path
 
 
-def _get(tree, path):
-  for name in path:
-    if not isinstance(tree, dict) or name not in tree:
-      return None
-    tree = tree[name]
-  return tree
-
-
 def _exported_meta(path: str) -> Optional[Dict[str, Any]]:
   """model.json of a workdir / exported model.npz; None for other files."""
   if os.path.isdir(path):
@@ -190,7 +252,7 @@ def _head_fields(params) -> Dict[str, Any]:
 
 def native_resolution(model_config, params) -> int:
   """The input side the file was trained at: posemb grid x patch stride."""
-  posemb = _get(params, _POSEMB)
+  posemb = checkpoint.get_posemb(params)
   if posemb is None:
     return DEFAULT_RESOLUTION
   patches = np.shape(posemb)[1] - int(models.has_class_token(model_config))

@@ -2,9 +2,9 @@
 
 `resolve(name, dataset)` maps a model or file name to its bucket path and
 registered model config; `how_to_get(path)` writes the sentence that error
-messages use to say how to obtain a missing file. Both `checkpoint` (for
-its messages) and the download command (`checkpoint_download`) import
-this; it imports nothing of the package but the model-config registry.
+messages use to say how to obtain a missing file. `GCS_HOST` is the one
+spelling of the buckets' host (also the host tfds looks up first). It
+imports nothing of the package but the model-config registry.
 """
 
 import dataclasses
@@ -15,7 +15,8 @@ import urllib.parse
 
 from vit_jax.configs import models as model_configs
 
-DEFAULT_BASE_URL = 'https://storage.googleapis.com'
+GCS_HOST = 'storage.googleapis.com'
+DEFAULT_BASE_URL = f'https://{GCS_HOST}'
 BASE_URL_ENV = 'VIT_JAX_CHECKPOINT_BASE_URL'
 VIT_DATASETS = ('imagenet21k', 'imagenet21k+imagenet2012', 'sam', 'gsam')
 MIXER_DATASETS = ('imagenet1k', 'imagenet21k', 'sam', 'gsam')
