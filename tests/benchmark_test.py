@@ -69,7 +69,7 @@ class BenchmarkTest(absltest.TestCase):
   def test_infer_in_process(self):
     config = benchmark.benchmark_config(model='testing', res=32, batch=4)
     peak = benchmark.matmul_peak(sizes=(128,), reps=2)
-    record = benchmark.run(config, mode='infer', steps=2, warmup=1,
+    record = benchmark.time_steps(config, mode='infer', steps=2, warmup=1,
                            peak_flops=peak)
     for field in _FIELDS:
       self.assertGreater(record[field], 0, field)

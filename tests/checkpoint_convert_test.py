@@ -236,7 +236,7 @@ class BadInputTest(absltest.TestCase):
       self.assertEqual(command.main(['convert', self.src + 'x',
                                      f'--to={self.out}x']), 1)
     self.assertIn('(model testing)', out.getvalue())
-    self.assertRegex(err.getvalue(), r'^python -m vit_jax\.checkpoint: .*'
+    self.assertRegex(err.getvalue(), r'^vit_jax\.checkpoint: .*'
                      r'in\.safetensorsx does not exist')
 
 

@@ -68,6 +68,13 @@ def expectation(command):
   return None
 
 
+def command_prog(command):
+  """The name a project command prints its errors under (`vit_jax.plan`;
+  `vit_jax.main` for main.py), or None for other programs."""
+  found = re.search(r'python (?:-m (vit_jax[\w.]*)|main\.py)', command)
+  return None if found is None else found[1] or 'vit_jax.main'
+
+
 def _digit_png(path, seed):
   """A 32x32 RGB image (any image will do for predict and inspect)."""
   rng = np.random.RandomState(seed)
@@ -113,8 +120,9 @@ class ReadmeCommandsTest(absltest.TestCase):
         [os.path.join(ROOT, 'tests', 'offline_site'), ROOT]),
                VIT_JAX_TEST_NETWORK_LOG=os.path.join(self.tmp, 'network.log'),
                TF_CPP_MIN_LOG_LEVEL='3')
-    # As a user runs them: JAX picks its backends (with the test extra's
-    # libtpu installed, it tries a TPU and fails, quietly: host.py).
+    # As a user runs them: JAX_PLATFORMS unset (with the test extra's
+    # libtpu installed, the commands' prologue, vit_jax/cli.py, keeps JAX
+    # from starting a TPU backend on a machine without one).
     for var in ('XLA_FLAGS', 'JAX_PLATFORMS'):
       env.pop(var, None)
     # `python` as the README says it: this interpreter (its venv's bin).
@@ -151,7 +159,7 @@ class ReadmeCommandsTest(absltest.TestCase):
         proc, seconds = self.run_command(self.localize(command))
         output = proc.stdout + proc.stderr
         self.assertNotIn('Traceback', output, output[-3000:])
-        # libtpu's complaints about a machine without TPU (host.py).
+        # libtpu's complaints about a machine without TPU (cli.py).
         self.assertNotIn('TPU_WORKER_HOSTNAMES', output)
         self.assertNotIn('InitGoogle', output)
         self.assertIn(text, output, output[-3000:])
@@ -161,6 +169,10 @@ class ReadmeCommandsTest(absltest.TestCase):
           self.assertNotEqual(proc.returncode, 0, output[-3000:])
           self.assertLess(seconds, FAIL_SECONDS, output[-3000:])
           self.assertTrue(proc.stderr.strip(), 'no message on stderr')
+          prog = command_prog(command)
+          if prog:  # The project's commands end on `prog: message`.
+            last = proc.stderr.splitlines()[-1]
+            self.assertTrue(last.startswith(prog + ': '), last)
     # Failing downloads leave no partial file in the repository.
     self.assertEqual(
         sorted(os.listdir(os.path.join(ROOT, 'checkpoints'))), checkpoints)

@@ -25,9 +25,10 @@ says which): it re-runs itself with huge pages for malloc's large blocks
 (vit_jax/host.py, through cli.main; the JSON has `glibc_tunables` and
 `page_faults_per_step`), exempts the objects of its imports from Python's
 garbage collector before compiling (`gc_frozen_objects`) and sets the XLA
-CPU flags of `host_setup` (`--xla_flags`) before JAX creates its backend. A persistent
-compilation cache (default ~/.cache/vit_jax/jax, '' disables) makes a second
-process skip compilation; the JSON says whether the first step hit it.
+CPU flags of `host_setup` (`--xla_flags`) before JAX creates its backend.
+A persistent compilation cache (default ~/.cache/vit_jax/jax, '' disables)
+makes a second process skip compilation; the JSON says whether the first
+step hit it.
 """
 
 import argparse
@@ -160,9 +161,9 @@ def _compile(config, mode: str, num_classes: int):
           time.perf_counter() - t0, trace_s, _CACHE_EVENTS['hits'] > hits)
 
 
-def run(config, *, mode: str, steps: int = 10, warmup: int = 2,
-        num_classes: int = 10, peak_flops: Optional[float] = None
-        ) -> Dict[str, Any]:
+def time_steps(config, *, mode: str, steps: int = 10, warmup: int = 2,
+               num_classes: int = 10, peak_flops: Optional[float] = None
+               ) -> Dict[str, Any]:
   """Times `steps` steady-state steps; returns the JSON record as a dict."""
   if mode not in ('train', 'infer'):
     raise ValueError(f"mode={mode!r}; use 'train' or 'infer'.")
@@ -211,7 +212,7 @@ def _loss(out, mode: str) -> Optional[float]:
 
 def parse_args(argv=None) -> argparse.Namespace:
   """Command-line flags (the names of timm_reference.py, plus knobs)."""
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog='python -m vit_jax.benchmark',
       description=__doc__.split('\n\n')[0],
       epilog='CPU tuning is on by default here; ' + cli.CPU_TUNING_HELP)
@@ -247,9 +248,9 @@ def benchmark_command(args: Sequence[str], *, cpu_tuning: bool) -> None:
       model=args.model, res=args.res, batch=args.batch,
       optim_dtype=args.optim_dtype, dtype=args.dtype,
       attention_impl=args.attention_impl, remat=args.remat)
-  record = run(config, mode=args.mode, steps=args.steps, warmup=args.warmup,
-               num_classes=args.num_classes,
-               peak_flops=0.0 if args.no_peak else None)
+  record = time_steps(config, mode=args.mode, steps=args.steps,
+                      warmup=args.warmup, num_classes=args.num_classes,
+                      peak_flops=0.0 if args.no_peak else None)
   record['cpu_tuning'] = cpu_tuning
   print(json.dumps(record))
 

@@ -303,11 +303,11 @@ def _float_list(text: str) -> List[float]:
         f'{text!r} is not a comma-separated list of numbers') from None
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+def _parser() -> cli.ArgumentParser:
+  parser = cli.ArgumentParser(
       prog='python -m vit_jax.fewshot',
       description='Few-shot linear accuracy of a checkpoint\'s pre-logits '
-      'features.', epilog=cli.CPU_TUNING_HELP)
+      'features.')
   add = parser.add_argument
   add('--checkpoint', required=True,
       help='training workdir, its model.npz, or an official .npz file')
@@ -360,9 +360,10 @@ def _load(args) -> Tuple[Any, Any, str, int]:
   return loaded.model, params, loaded.model_name, loaded.resolution
 
 
-def fewshot_command(args: Sequence[str]) -> Dict[str, Any]:
+def fewshot_command(args: Sequence[str]) -> None:
   """The command's body: parses `args` (without the program name), loads
-  and checks everything, computes features, prints the results."""
+  and checks everything, computes features, prints the table and one JSON
+  line."""
   args = _parser().parse_args(args)
   import tqdm  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -400,7 +401,6 @@ def fewshot_command(args: Sequence[str]) -> Dict[str, Any]:
           for i, k in enumerate(result.shots)
           for j, l2 in enumerate(result.l2_regs)]}
   print(json.dumps(record))
-  return record
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

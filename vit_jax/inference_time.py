@@ -7,7 +7,7 @@ Two kinds of config work:
   (images per second per device) to TensorBoard in `workdir`;
 - a fine-tuning config with `config.trainer = 'inference_time'`: times that
   config's model, batch, crop, precision and optimizer with
-  `benchmark.run` (mode 'infer' unless `config.inference_time_mode` is
+  `benchmark.time_steps` (mode 'infer' unless `config.inference_time_mode` is
   'train' or 'both') and appends the JSON records to
   {workdir}/inference_time.jsonl.
 
@@ -57,7 +57,7 @@ def inference_time(config: ml_collections.ConfigDict,
                    workdir: str) -> List[Dict[str, Any]]:
   """Runs the benchmark for `config`; returns the JSON records."""
   if _is_original_config(config):
-    record = benchmark.run(
+    record = benchmark.time_steps(
         config_validation.resolve_and_validate(_train_config(config)),
         mode='infer', steps=config.steps, warmup=config.initial_steps,
         num_classes=config.num_classes, peak_flops=0.0)
@@ -75,7 +75,8 @@ def inference_time(config: ml_collections.ConfigDict,
   peak = benchmark.matmul_peak()
   records = []
   for m in modes:
-    record = benchmark.run(config, mode=m, steps=steps, peak_flops=peak)
+    record = benchmark.time_steps(config, mode=m, steps=steps,
+                                  peak_flops=peak)
     logging.info('inference_time: %s', record)
     print(json.dumps(record), flush=True)
     records.append(record)

@@ -24,13 +24,11 @@ import logging as python_logging
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from vit_jax import configs
-from vit_jax import errors
+from vit_jax import cli
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, TensorBoard events, train.log and the '
@@ -45,34 +43,6 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process.')
-
-def resolve_config_arg(argv):
-  """Maps `--config=configs/x.py[:arg]` to this package's file if needed."""
-  prefix = '--config='
-  return [prefix + configs.locate(a[len(prefix):]) if a.startswith(prefix)
-          else a for a in argv]
-
-
-class FlagsError(errors.UserError):
-  """A --config file that does not load, or an unknown --config.x field."""
-
-
-def parse_flags(argv):
-  """absl's flag parsing, plus a message for a bad --config.
-
-  ml_collections reports a config file that fails to load only when the
-  config is first used, and an unknown `--config.x` key as an
-  AttributeError: both would end in a traceback rather than a message.
-  """
-  try:
-    rest = app.parse_flags_with_usage(argv)
-    flags.FLAGS.config.get('trainer')  # Raises if the file failed to load.
-  except (OSError, AttributeError, KeyError, ValueError) as e:
-    reason = e
-    while isinstance(reason, BaseException) and reason.args:
-      reason = reason.args[0]  # ml_collections nests a KeyError's text.
-    raise FlagsError(f'--config: {reason}') from None
-  return rest
 
 
 class _QuietLibraries(python_logging.Filter):
@@ -126,7 +96,8 @@ def _train_or_time(config, workdir: str) -> None:
 def main(argv):
   """absl's main: one config and workdir, no positional arguments."""
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise cli.FlagsError(f'unexpected arguments {" ".join(argv[1:])}: all '
+                         'options are --flags.')
   # On the logger, not a handler: absl's handler is not always the one used.
   logging.get_absl_logger().addFilter(_QuietLibraries())
   config, workdir = flags.FLAGS.config, _WORKDIR.value
@@ -139,20 +110,19 @@ def main(argv):
     handler.flush()
 
 
-def _absl_command(args) -> None:
-  """The body under `cli.main`: absl parses the flags and runs `main`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  flags.mark_flags_as_required(['config', 'workdir'])
-  jax.config.config_with_absl()  # --jax_backend_target etc., as the original.
-  argv = resolve_config_arg([sys.argv[0]] + list(args))
-  app.run(main, argv=argv, flags_parser=parse_flags)
-
-
 def command():
   """Entry point of `python -m vit_jax.main` and of the root main.py."""
-  from vit_jax import cli  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top,unused-import
+  import jax
+  # Imported before the prologue: --cpu_tuning's GC freeze then covers them.
+  from vit_jax import inference_time
+  from vit_jax import train
+  # pylint: enable=g-import-not-at-top,unused-import
+  flags.mark_flags_as_required(['config', 'workdir'])
+  jax.config.config_with_absl()  # --jax_backend_target etc., as the original.
   # The backends start in `main`, after jax.distributed.initialize.
-  sys.exit(cli.main('vit_jax.main', _absl_command, start_backends=False))
+  sys.exit(cli.main('vit_jax.main', cli.absl_body(main),
+                    start_backends=False))
 
 
 if __name__ == '__main__':

@@ -30,9 +30,10 @@ import jax.extend.core as jex_core
 import jax.numpy as jnp
 import ml_collections
 
+from vit_jax import cli
 from vit_jax import config_validation
-from vit_jax import configs
 from vit_jax import errors
+from vit_jax import host
 from vit_jax import models
 from vit_jax import partitioning
 from vit_jax import steps
@@ -108,7 +109,7 @@ def topology_devices(topology: str) -> List[Any]:
   try:
     desc = topologies.get_topology_desc(
         topology_name=topology, platform='tpu', **dict(chip.topology_kwargs))
-  except Exception as e:  # pylint: disable=broad-except
+  except RuntimeError as e:  # JaxRuntimeError: libtpu's INVALID_ARGUMENT.
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     if 'lockfile' in reason:
       reason += (' (another process holds libtpu; set '
@@ -492,7 +493,7 @@ def main_command(argv: Sequence[str], changed: Sequence[str]) -> str:
 
 def _parse_flags(argv: Sequence[str]):
   """absl flags of the planner -> (config, topology, fit, num_classes,
-  with_eval); a bad flag or config file is a PlanError."""
+  with_eval); a bad flag or config file is a cli.FlagsError."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'A main.py config file.',
@@ -504,19 +505,7 @@ def _parse_flags(argv: Sequence[str]):
   classes = flags.DEFINE_integer('num_classes', None, 'Classes (default: '
                                  "from the dataset preset).")
   with_eval = flags.DEFINE_bool('eval', True, 'Also compile the eval step.')
-  resolved = [configs.locate(a[len('--config='):]).join(
-      ('--config=', '')) if a.startswith('--config=') else a for a in argv]
-  try:
-    flags.FLAGS(resolved)
-    flags.FLAGS.config.get('trainer')  # Raises if the file failed to load.
-  except (flags.Error, OSError, AttributeError, KeyError) as e:
-    reason, missing = e, False
-    while isinstance(reason, BaseException) and reason.args:
-      missing |= isinstance(reason, KeyError)
-      reason = reason.args[0]  # ml_collections nests a KeyError's text.
-    if missing:
-      reason = f'the config has no field {reason} (a typo in --config.x?)'
-    raise PlanError(f'bad flags: {reason}') from None
+  cli.parse_absl_flags(argv)
   if not flags.FLAGS['config'].present or not topology.value:
     raise PlanError('Pass --config=<config file> and --topology=<chip>:'
                     f'<shape> ({known_topologies()}).')
@@ -529,8 +518,8 @@ def plan_command(args: Sequence[str]) -> None:
   argv = [sys.argv[0]] + list(args)
   config, topology, fit_, num_classes, with_eval = _parse_flags(argv)
   chip_of(topology)  # Fail fast, before any config is built.
-  _run(config, argv, topology=topology, fit_=fit_, num_classes=num_classes,
-       with_eval=with_eval)
+  _plan_and_print(config, argv, topology=topology, fit_=fit_,
+                  num_classes=num_classes, with_eval=with_eval)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -540,8 +529,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   The backends are CPU only: local accelerators play no part (JAX_PLATFORMS
   of your own wins), and libtpu's compile-only path needs no TPU backend.
   """
-  from vit_jax import cli  # pylint: disable=g-import-not-at-top
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
   # libtpu's one-process lock guards a real TPU; compiling needs none, and
   # another JAX process on this machine may hold it.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
@@ -554,10 +541,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return cli.main('vit_jax.plan', plan_command, argv, platforms='cpu')
 
 
-def _run(config, argv, *, topology, fit_, num_classes, with_eval) -> None:
-  run = fit if fit_ else plan
-  p = run(config, topology=topology, num_classes=num_classes,
-          with_eval=with_eval)
+def _plan_and_print(config, argv, *, topology, fit_, num_classes,
+                    with_eval) -> None:
+  p = (fit if fit_ else plan)(config, topology=topology,
+                              num_classes=num_classes, with_eval=with_eval)
   print(format_report(p))
   if fit_:
     changed = ['accum_steps', 'fsdp', 'mesh.model', 'mesh.data']

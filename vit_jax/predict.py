@@ -38,7 +38,6 @@ Bad input (missing or undecodable image, missing checkpoint, a checkpoint
 of another model) prints one message and exits with status 1.
 """
 
-import argparse
 import importlib.resources
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -161,11 +160,10 @@ def format_predictions(path: str, prediction: Prediction) -> str:
   return '\n'.join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+def _parser() -> cli.ArgumentParser:
+  parser = cli.ArgumentParser(
       prog='python -m vit_jax.predict',
-      description='Top-k class predictions of a ViT/Mixer checkpoint.',
-      epilog=cli.CPU_TUNING_HELP)
+      description='Top-k class predictions of a ViT/Mixer checkpoint.')
   parser.add_argument('images', nargs='+', metavar='IMAGE',
                       help='image files (JPEG, PNG, GIF, BMP, WebP, TIFF)')
   parser.add_argument('--checkpoint', required=True,
@@ -186,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def predict_images(args: Sequence[str]) -> List[Prediction]:
+def predict_command(args: Sequence[str]) -> None:
   """The command's body: parses `args` (without the program name), loads
   everything first (so bad input fails fast), predicts and prints."""
   args = _parser().parse_args(args)
@@ -204,13 +202,12 @@ def predict_images(args: Sequence[str]) -> List[Prediction]:
         f'{loaded.model.num_classes} classes:')
   for path, prediction in zip(args.images, results):
     print(format_predictions(path, prediction))
-  return results
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
   # PredictError and images.ImageError are UserErrors too.
-  return cli.main('vit_jax.predict', predict_images, argv)
+  return cli.main('vit_jax.predict', predict_command, argv)
 
 
 if __name__ == '__main__':

@@ -8,4 +8,4 @@ import sys
 
 from vit_jax.checkpoint import command
 
-sys.exit(command.main(sys.argv[1:]))
+sys.exit(command.main())

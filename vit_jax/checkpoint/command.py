@@ -10,26 +10,27 @@
   python -m vit_jax.checkpoint inspect /tmp/quickstart  # A workdir.
   python -m vit_jax.checkpoint convert model.safetensors --to=ViT-B_16.npz
 
-Bad input (a `UserError`) prints one line `prog: message` and exits 1.
+The prologue and epilogue are vit_jax/cli.py's: bad input (a `UserError`)
+prints one line `vit_jax.checkpoint: message` and exits 1. Only `inspect`
+starts no JAX backend (it reads the file as stored).
 """
 
-import argparse
 import sys
+from typing import Optional, Sequence
 
-from vit_jax import errors
-from vit_jax import host
+from vit_jax import cli
 from vit_jax.checkpoint import convert
 from vit_jax.checkpoint import listing
 from vit_jax.checkpoint import names
 from vit_jax.checkpoint import remote
 
-PROG = 'python -m vit_jax.checkpoint'
+PROG = 'vit_jax.checkpoint'
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog=PROG, description='Download, inspect or import ViT / Mixer '
-      'checkpoints.')
+def _parser() -> cli.ArgumentParser:
+  parser = cli.ArgumentParser(
+      prog='python -m ' + PROG, description='Download, inspect or import '
+      'ViT / Mixer checkpoints.')
   commands = parser.add_subparsers(dest='command', required=True)
   get = commands.add_parser('download', help='download a checkpoint')
   get.add_argument('name', help='ViT-B_16, R50+ViT-B_16, Mixer-B_16, an '
@@ -57,9 +58,13 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _run(args) -> None:
+def checkpoint_command(args: Sequence[str]) -> None:
+  """The command's body: parses `args` (without the program name), then
+  downloads, lists or converts."""
+  args = _parser().parse_args(args)
   if args.command != 'inspect':  # Both check shapes with jax.eval_shape.
-    host.start_backends()
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.devices()
   if args.command == 'download':
     path = remote.download(args.name, directory=args.dir,
                            dataset=args.dataset, base_url=args.base_url,
@@ -72,11 +77,11 @@ def _run(args) -> None:
     print(f'Saved {args.to} (model {model_name})')
 
 
-def main(argv=None) -> int:
-  """Entry point of `python -m vit_jax.checkpoint`; returns the exit code."""
-  args = _parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point of `python -m vit_jax.checkpoint`; returns the exit code.
+  `argv`: the arguments without the program name (default sys.argv[1:])."""
   try:
-    return errors.exit_status(PROG, lambda: _run(args))
+    return cli.main(PROG, checkpoint_command, argv, start_backends=False)
   except KeyboardInterrupt:
     print('interrupted; run the same command again to resume.',
           file=sys.stderr)

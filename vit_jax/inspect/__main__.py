@@ -1,14 +1,13 @@
-"""`python -m vit_jax.inspect --checkpoint=... --out=...` (see cli.py).
+"""`python -m vit_jax.inspect --checkpoint=... --out=...` (inspect/cli.py).
 
-Flags are defined here, not in cli.py, so that importing the library never
-registers global absl flags that could clash with another program's. The
+Flags are defined here, not in inspect/cli.py, so that importing the library
+never registers global absl flags that could clash with another program's. The
 prologue and epilogue are vit_jax.cli's: `--cpu_tuning`, and bad input as
 one line `vit_jax.inspect: message` with exit status 1.
 """
 
 import sys
 
-from absl import app
 from absl import flags
 
 from vit_jax import cli
@@ -41,7 +40,8 @@ _RENORMALIZE = flags.DEFINE_bool(
 
 def _main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise cli.FlagsError(f'unexpected arguments {" ".join(argv[1:])}: all '
+                         'options are --flags.')
   opts = inspect_cli.Options(
       checkpoint=_CHECKPOINT.value, out=_OUT.value, model=_MODEL.value,
       images=_IMAGES.value,
@@ -52,9 +52,5 @@ def _main(argv):
   return inspect_cli.command(opts)
 
 
-def _absl_command(args) -> None:
-  app.run(_main, argv=[sys.argv[0]] + list(args))
-
-
 if __name__ == '__main__':
-  sys.exit(cli.main('vit_jax.inspect', _absl_command))
+  sys.exit(cli.main('vit_jax.inspect', cli.absl_body(_main)))

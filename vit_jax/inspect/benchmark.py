@@ -8,26 +8,21 @@ attention capture and computes all four analyses: per-image attention
 distance and rollout maps (reduced per layer inside the jit), embedding-
 filter PCA and position similarity. Prints one JSON line with wall and
 process-CPU times and their ratios (target <= 1.15). Parameters are random:
-timing does not depend on their values.
+timing does not depend on their values. A speed tool: CPU tuning is on
+unless --nocpu_tuning (vit_jax/cli.py parses it, as for every command).
 """
 
 import json
 import statistics
+import sys
 import time
 
-if __name__ == '__main__':  # First, before the heavy imports: see host.py.
-  import sys  # pylint: disable=g-import-not-at-top
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  # A speed tool: CPU tuning on unless --nocpu_tuning (as main --cpu_tuning).
-  _CPU_TUNING = host.prepare_command(sys.argv, default=True)
-
-from absl import app
 from absl import flags
 from flax import traverse_util
 import jax
 import numpy as np
 
-from vit_jax import host
+from vit_jax import cli
 from vit_jax import models
 from vit_jax.inspect import analysis
 from vit_jax.inspect import filters
@@ -77,7 +72,9 @@ def interleaved_times(fns, *args, repeats: int):
           [statistics.median(t) for t in cpu])
 
 
-def run(name: str, batch: int, res: int, repeats: int) -> dict:
+def time_inspection(name: str, batch: int, res: int, repeats: int) -> dict:
+  """Forward vs forward + all analyses of model `name` on random inputs:
+  median seconds (wall and process CPU) and their ratios."""
   model = models.get_model(name, num_classes=1000)
   params = random_params(model, res)
   images = jax.device_put(np.random.default_rng(1).uniform(
@@ -101,17 +98,15 @@ def _define_flags():
   flags.DEFINE_integer('repeats', 3, 'Timed runs per function.')
 
 
-def main(argv):
+def _main(argv):
   del argv
-  host.start_backends()
   f = flags.FLAGS
-  out = run(f.model, f.batch, f.res, f.repeats)
+  out = time_inspection(f.model, f.batch, f.res, f.repeats)
   print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                     for k, v in out.items()}))
 
 
 if __name__ == '__main__':
   _define_flags()
-  if _CPU_TUNING:
-    host.freeze_imported_objects()  # Imports done: see host.py.
-  app.run(main)
+  sys.exit(cli.main('vit_jax.inspect.benchmark', cli.absl_body(_main),
+                    cpu_tuning_default=True))
