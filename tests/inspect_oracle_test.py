@@ -97,8 +97,9 @@ class InspectJsonTest(absltest.TestCase):
                  'num_classes': 5, 'resolution': 16, 'class_names': names},
                 fp)
     out = os.path.join(root, 'out')
-    cli.write_report(cli.Options(checkpoint=work, out=out, images=','.join(paths),
-                        resolution=16, batch_size=2))
+    cli.write_report(cli.Options(checkpoint=work, out=out,
+                                 images=','.join(paths), resolution=16,
+                                 batch_size=2))
     with open(os.path.join(out, 'inspect.json')) as fp:
       summary = json.load(fp)
 

@@ -58,8 +58,9 @@ def geometry(model, image_hw: Sequence[int]) -> Geometry:
   sh, sw = models.patch_stride(model)
   h, w = (int(v) for v in image_hw)
   if h % sh or w % sw:
-    raise errors.UserError(f'image size {h}x{w} is not a multiple of the token '
-                     f'stride {sh}x{sw} of {model.model_name}.')
+    raise errors.UserError(
+        f'image size {h}x{w} is not a multiple of the token stride '
+        f'{sh}x{sw} of {model.model_name}.')
   prefix = int(models.has_class_token(model))
   return Geometry((h // sh, w // sw), (sh, sw), prefix)
 
