@@ -1,6 +1,7 @@
 """Tests of the one command prologue/epilogue (vit_jax/cli.py)."""
 
 import contextlib
+import glob
 import io
 import os
 import subprocess
@@ -128,6 +129,18 @@ class ChoosePlatformsTest(absltest.TestCase):
 
   def test_otherwise_jax_chooses(self):
     self.assertEqual(self._choose({}, without_tpu=None), (None, []))
+
+
+class NoRedirectionTest(absltest.TestCase):
+
+  def test_no_module_redirects_a_file_descriptor(self):
+    # Output of native code reaches the console as written (a crash keeps
+    # its last words), and no private JAX module is reached into for it.
+    for path in glob.glob(os.path.join(REPO, 'vit_jax', '**', '*.py'),
+                          recursive=True):
+      with open(path) as f:
+        text = f.read()
+      self.assertNotRegex(text, r'os\.dup2?\(|_src\.hardware_utils', path)
 
 
 # Each command with a bad flag: its message, as `prog: message` on one line.

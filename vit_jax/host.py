@@ -189,8 +189,9 @@ def platforms_without_tpu(
   """
   if environ.get('JAX_PLATFORMS'):
     return None
-  if libtpu_installed is None:
-    libtpu_installed = importlib.util.find_spec('libtpu') is not None
+  if libtpu_installed is None:  # The wheel, or a libtpu.so of your own.
+    libtpu_installed = (importlib.util.find_spec('libtpu') is not None or
+                        bool(environ.get('TPU_LIBRARY_PATH')))
   if not libtpu_installed or tpu_device_present(dev_dir=dev_dir,
                                                 pci_dir=pci_dir):
     return None
