@@ -23,21 +23,25 @@ class SplitCpuTuningTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ([], False, False), (['--cpu_tuning'], False, True),
-      (['--cpu_tuning=true'], False, True), (['--no_cpu_tuning'], True, False),
-      (['--nocpu_tuning'], True, False), (['--cpu_tuning=false'], True, False),
+      (['--no_cpu_tuning'], True, False), (['--nocpu_tuning'], True, False),
       (['--cpu_tuning', '--no_cpu_tuning'], False, False),
       (['--no_cpu_tuning', '--cpu_tuning'], True, True), ([], True, True))
   def test_spellings_default_and_last_one_wins(self, argv, default, tuning):
-    got, rest = cli.split_cpu_tuning(['a', *argv, '--b=1'], default=default)
-    self.assertEqual((got, rest), (tuning, ['a', '--b=1']))
+    got, rest = cli.split_cpu_tuning(['a', *argv, '--b', '1', 'c'],
+                                     default=default)
+    self.assertEqual((got, rest), (tuning, ['a', '--b', '1', 'c']))
 
   def test_arguments_after_double_dash_are_left_alone(self):
-    self.assertEqual(cli.split_cpu_tuning(['--', '--cpu_tuning']),
-                     (False, ['--', '--cpu_tuning']))
+    self.assertEqual(cli.split_cpu_tuning(['x', '--', '--cpu_tuning']),
+                     (False, ['x', '--', '--cpu_tuning']))
 
-  def test_similar_flags_are_not_taken(self):
-    argv = ['--cpu_tuning_x', '--config.cpu_tuning=1']
+  def test_other_flags_are_not_taken(self):
+    argv = ['--cpu_tuning_x', '--config.cpu_tuning=1', '--cpu', '-h']
     self.assertEqual(cli.split_cpu_tuning(argv), (False, argv))
+
+  def test_a_value_is_a_flags_error(self):
+    with self.assertRaisesRegex(cli.FlagsError, 'cpu_tuning.*false'):
+      cli.split_cpu_tuning(['--cpu_tuning=false'])
 
 
 class MainTest(absltest.TestCase):

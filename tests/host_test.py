@@ -129,6 +129,17 @@ class FreezeTest(absltest.TestCase):
     gc.collect()
     self.assertIsNone(old_ref())
 
+  def test_late_imports_are_frozen_only_after_the_prologue_froze(self):
+    self.addCleanup(gc.unfreeze)
+    gc.unfreeze()
+    host.freeze_late_imports()  # No CPU tuning: nothing changes.
+    self.assertEqual(gc.get_freeze_count(), 0)
+    host.freeze_imported_objects()
+    frozen = gc.get_freeze_count()
+    late = [_Node() for _ in range(1000)]
+    host.freeze_late_imports()
+    self.assertGreaterEqual(gc.get_freeze_count(), frozen + len(late))
+
 
 class PlatformsWithoutTpuTest(parameterized.TestCase):
   """host.platforms_without_tpu: 'cpu' only where JAX would probe libtpu

@@ -8,10 +8,10 @@ A command module ends with
 where the body takes the arguments (a list of str, without the program
 name and without the CPU-tuning flag) and returns an exit status or None.
 `main` then, in this order:
-1. takes `--cpu_tuning` / `--cpu_tuning=true|false` / `--no_cpu_tuning` /
-   `--nocpu_tuning` out of the arguments (the last one wins; the default is
-   `cpu_tuning_default`): the one place this flag is parsed (`ArgumentParser`
-   shows `CPU_TUNING_HELP` in its help). When on, it calls
+1. takes `--cpu_tuning` / `--no_cpu_tuning` / `--nocpu_tuning` out of the
+   arguments (`split_cpu_tuning`; the default is `cpu_tuning_default`): the
+   one place this flag is parsed (`ArgumentParser` shows `CPU_TUNING_HELP`
+   in its help). When on, it calls
    `host.tune_process` (re-runs the process with huge pages, sets the
    XLA:CPU flags unless `xla_flags=False`, freezes the imports' objects);
 2. sets JAX's `jax_platforms`: `platforms` if the command names one (the
@@ -41,11 +41,6 @@ from vit_jax import errors
 from vit_jax import host
 
 Body = Callable[[List[str]], Optional[int]]
-# Each spelling of the CPU-tuning flag, and what it asks for.
-CPU_TUNING_SPELLINGS = {
-    '--cpu_tuning': True, '--cpu_tuning=true': True,
-    '--cpu_tuning=false': False, '--no_cpu_tuning': False,
-    '--nocpu_tuning': False}
 CPU_TUNING_HELP = (
     '--cpu_tuning (or --no_cpu_tuning): CPU only: XLA:CPU flags, huge pages '
     '(re-runs the process) and a frozen GC; see README "Speed".')
@@ -53,19 +48,19 @@ CPU_TUNING_HELP = (
 
 def split_cpu_tuning(argv: Sequence[str], *,
                      default: bool = False) -> Tuple[bool, List[str]]:
-  """(CPU tuning on?, the other arguments). Arguments after '--' are left
-  alone."""
-  tuning, rest = default, []
-  args = list(argv)
-  for i, arg in enumerate(args):
-    if arg == '--':
-      rest += args[i:]
-      break
-    if arg in CPU_TUNING_SPELLINGS:
-      tuning = CPU_TUNING_SPELLINGS[arg]
-    else:
-      rest.append(arg)
-  return tuning, rest
+  """(CPU tuning on?, the other arguments in their order).
+
+  The one parser of `--cpu_tuning` / `--no_cpu_tuning` / `--nocpu_tuning`
+  (absl's spelling); the last one wins, arguments after '--' are left
+  alone and no other flag is abbreviated to these. A value
+  (`--cpu_tuning=false`) is a FlagsError.
+  """
+  parser = ArgumentParser(add_help=False, allow_abbrev=False)
+  parser.add_argument('--cpu_tuning', action='store_true', default=default)
+  parser.add_argument('--no_cpu_tuning', '--nocpu_tuning', dest='cpu_tuning',
+                      action='store_false')
+  known, rest = parser.parse_known_args(list(argv))
+  return known.cpu_tuning, rest
 
 
 def choose_platforms(platforms: Optional[str] = None) -> Optional[str]:
@@ -168,9 +163,9 @@ def main(prog: str, body: Body, argv: Optional[Sequence[str]] = None, *,
   without the program name (default `sys.argv[1:]`). With
   `tell_cpu_tuning`, the body is called as `body(args, cpu_tuning=bool)`
   (a benchmark records it)."""
-  tuning, args = split_cpu_tuning(
-      sys.argv[1:] if argv is None else argv, default=cpu_tuning_default)
   try:
+    tuning, args = split_cpu_tuning(
+        sys.argv[1:] if argv is None else argv, default=cpu_tuning_default)
     if tuning:
       host.tune_process(xla_flags=xla_flags)
     choose_platforms(platforms)

@@ -99,6 +99,13 @@ def freeze_imported_objects() -> None:
   gc.freeze()
 
 
+def freeze_late_imports() -> None:
+  """Where CPU tuning froze the heap (the command prologue), freezes what a
+  command imported since, before its first compile; elsewhere nothing."""
+  if gc.get_freeze_count():
+    gc.freeze()
+
+
 # XLA:CPU flags for ViT, measured on jaxlib 0.10 (bench/RESULTS.md): route
 # dots, reductions and elementwise ops through XLA's own emitters and Eigen
 # rather than YNNPACK fusions (YNNPACK keeps only the patch-embedding conv).

@@ -82,8 +82,10 @@ def _train_or_time(config, workdir: str) -> None:
                jax.process_count())
   logging.info('JAX devices: %s', jax.devices())
   logging.info('Config:\n%s', config)
+  from vit_jax import host  # pylint: disable=g-import-not-at-top
   from vit_jax import inference_time  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
+  host.freeze_late_imports()  # Bad flags fail before these imports.
   if trainer(config) == 'inference_time':
     inference_time.inference_time(config, workdir)
     return
@@ -112,12 +114,7 @@ def main(argv):
 
 def command():
   """Entry point of `python -m vit_jax.main` and of the root main.py."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  import jax
-  # Imported before the prologue: --cpu_tuning's GC freeze then covers them.
-  from vit_jax import inference_time
-  from vit_jax import train
-  # pylint: enable=g-import-not-at-top,unused-import
+  import jax  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(['config', 'workdir'])
   jax.config.config_with_absl()  # --jax_backend_target etc., as the original.
   # The backends start in `main`, after jax.distributed.initialize.
