@@ -11,9 +11,9 @@ name and without the CPU-tuning flag) and returns an exit status or None.
 1. takes `--cpu_tuning` / `--no_cpu_tuning` / `--nocpu_tuning` out of the
    arguments (`split_cpu_tuning`; the default is `cpu_tuning_default`): the
    one place this flag is parsed (`ArgumentParser` shows `CPU_TUNING_HELP`
-   in its help). When on, it calls
-   `host.tune_process` (re-runs the process with huge pages, sets the
-   XLA:CPU flags unless `xla_flags=False`, freezes the imports' objects);
+   in its help). When on, it calls `host.tune_process` (re-runs the
+   process with huge pages, sets the XLA:CPU flags unless
+   `xla_flags=False`, freezes the imports' objects);
 2. sets JAX's `jax_platforms`: `platforms` if the command names one (the
    planner: 'cpu'), else 'cpu' where libtpu is installed but the machine has
    no TPU (`host.platforms_without_tpu`); never when the user set
@@ -76,8 +76,8 @@ def choose_platforms(platforms: Optional[str] = None) -> Optional[str]:
 
 
 class FlagsError(errors.UserError):
-  """A flag absl rejects, a --config file that does not load, or an
-  unknown --config.x field."""
+  """A bad command-line argument: one argparse or absl rejects, a --config
+  file that does not load, or an unknown --config.x field."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
