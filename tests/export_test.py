@@ -175,6 +175,29 @@ class ExportParityTest(parameterized.TestCase):
     self.check('mixer', 'savedmodel')
 
 
+class ExportFeaturesTest(absltest.TestCase):
+
+  def test_headless_official_npz_exports_features(self):
+    """An official file without a head, named by --model: 'features'."""
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+    tmp = self.create_tempdir().full_path
+    model = models.build_model(models.get_model_config('testing'),
+                               num_classes=None)
+    params = test_util.random_params(model, 32, unit_scales=True)
+    checkpoint.save(params, os.path.join(tmp, 'testing.npz'))
+    out = os.path.join(tmp, 'onnx')
+    result = export.export(checkpoint_path=os.path.join(tmp, 'testing.npz'),
+                           model_name='testing', format='onnx', out=out)
+    self.assertEqual(result.metadata['outputs'], ['features'])
+    session = onnxruntime.InferenceSession(
+        os.path.join(out, 'model.onnx'), providers=['CPUExecutionProvider'])
+    x = batches(False)['b7']
+    got, = session.run(['features'], {'images': x})
+    want = model.apply({'params': params}, x, train=False)
+    self.assertEqual(got.shape, (7, 10))
+    np.testing.assert_allclose(got, want, rtol=0, atol=LOGIT_TOL)
+
+
 class ExportBadInputTest(absltest.TestCase):
 
   def setUp(self):

@@ -10,15 +10,16 @@ dimension), with the parameters inside:
   'probabilities'} ({'features'} for a model without a head);
 - with --preprocess: uint8 (batch, h, w, 3) of any h, w -> the same, after
   the eval pipeline's resize to R x R and [-1, 1] scaling
-  (`images.eval_preprocess_jax`; the SavedModel calls TensorFlow's own
-  `images.preprocess_for_eval`, the ONNX graph its `Resize` op).
+  (`images.eval_preprocess_jax`, translated op for op into the ONNX graph;
+  the SavedModel calls TensorFlow's own `images.preprocess_for_eval`).
 The formats, and who can run them:
 - stablehlo: `model.stablehlo`, a serialized `jax.export.Exported`; JAX
   alone runs it: `jax.export.deserialize(bytearray(data)).call(images)`;
 - savedmodel: a TF SavedModel (jax2tf: the same StableHLO inside an
   XlaCallModule op, parameters as variables) with a `serving_default`
   signature; TensorFlow alone loads it (TF Serving, `tf.saved_model.load`);
-- onnx: `model.onnx` (see `onnx_export`), for onnxruntime.
+- onnx: `model.onnx` (opset 18, written by `onnx_export`, which says why
+  no existing converter), for onnxruntime; needs the `[export]` extra.
 Beside it, `export.json` (model name, resolution, input, outputs, class
 names) and `class_names.txt` (one per line; also a SavedModel asset and
 ONNX metadata). The artifact is built in a temporary folder beside --out

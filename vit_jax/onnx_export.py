@@ -150,7 +150,10 @@ def _sub_jaxpr(eqn):
 def convert_jaxpr(graph: Graph, jaxpr, consts, args) -> List[Any]:
   """Translates `jaxpr` on `args` (tensor names or numpy constants)."""
   env = {}
-  read = lambda v: v.val if hasattr(v, 'val') else env[v]  # pylint: disable=g-long-lambda
+
+  def read(v):  # A Literal holds its value; a Var's is in env.
+    return v.val if hasattr(v, 'val') else env[v]
+
   for var, value in zip(jaxpr.constvars, consts):
     env[var] = np.asarray(value)
   env.update(zip(jaxpr.invars, args))
@@ -173,8 +176,10 @@ def _translate(g: Graph, eqn, values) -> str:
   """One equation with a non-constant input -> ONNX nodes."""
   name, p = eqn.primitive.name, eqn.params
   x = values[0] if values else None
-  lit = lambda v, var: (np.asarray(v, var.aval.dtype)  # pylint: disable=g-long-lambda
-                        if not isinstance(v, str) else v)
+
+  def lit(v, var):  # Python scalars -> arrays of the operand's dtype.
+    return v if isinstance(v, str) else np.asarray(v, var.aval.dtype)
+
   if name in _UNARY:
     return g.op(_UNARY[name], g.t(x))
   if name in _BINARY:
@@ -309,7 +314,10 @@ def _slice(g, eqn, x):
   axes = [i for i, (s, e, d, n) in enumerate(zip(
       p['start_indices'], p['limit_indices'], strides, shape))
           if s != 0 or d != 1 or not (e == n)]
-  pick = lambda seq: g.t(np.array([seq[i] for i in axes], np.int64))  # pylint: disable=g-long-lambda
+
+  def pick(seq):
+    return g.t(np.array([seq[i] for i in axes], np.int64))
+
   return g.op('Slice', g.t(x), pick(p['start_indices']),
               pick(p['limit_indices']), g.t(np.array(axes, np.int64)),
               pick(strides))
