@@ -34,6 +34,7 @@ EXPECTED = (
     (r'vit_jax\.predict --checkpoint=/tmp/quickstart', OK, ''),
     (r'vit_jax\.inspect --checkpoint=/tmp/quickstart', OK, ''),
     (r'vit_jax\.fewshot --checkpoint=/tmp/quickstart', OK, '"results"'),
+    (r'vit_jax\.export --checkpoint=/tmp/quickstart', OK, 'outputs logits'),
     (r'configs/inference_time\.py', OK, 'imgs_sec_core_mean'),
     (r'checkpoint download', FAILS, ''),
     (r'checkpoint inspect checkpoints/', FAILS, 'does not exist'),
