@@ -163,10 +163,12 @@ _BAD_FLAG = {
                                   '--bogus=1', '--no_cpu_tuning'],
     'vit_jax.checkpoint': ['-m', 'vit_jax.checkpoint', 'inspect', 'a.npz',
                            '--bogus=1'],
+    'vit_jax.export': ['-m', 'vit_jax.export', '--checkpoint=c',
+                       '--format=onnx', '--out=o', '--bogus=1'],
 }
 
 
-@pytest.mark.slow  # Eight processes importing JAX: ~20 s on 2 cores.
+@pytest.mark.slow  # Nine processes importing JAX: ~20 s on 2 cores.
 class EveryCommandTest(absltest.TestCase):
 
   def test_a_bad_flag_is_one_line_prog_message_and_status_1(self):

@@ -26,7 +26,6 @@ ONNX metadata). The artifact is built in a temporary folder beside --out
 and renamed into place when complete: --out appears whole or not at all.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from vit_jax import cli
 from vit_jax import errors
 from vit_jax import images as images_lib
 from vit_jax import workdir
@@ -268,8 +268,8 @@ def export(*, checkpoint_path: str, format: str, out: str,  # pylint: disable=re
                   loaded.resolution, meta)
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+def _parser() -> cli.ArgumentParser:
+  parser = cli.ArgumentParser(
       prog='python -m vit_jax.export',
       description='Export a ViT/hybrid/Mixer checkpoint for serving.')
   parser.add_argument('--checkpoint', required=True,
@@ -293,8 +293,9 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def run(args: argparse.Namespace) -> Exported:
-  """Exports as the arguments say and prints what was written."""
+def export_command(args: Sequence[str]) -> None:
+  """The command's body: exports as `args` say, prints what was written."""
+  args = _parser().parse_args(args)
   result = export(checkpoint_path=args.checkpoint, format=args.format,
                   out=args.out, model_name=args.model,
                   resolution=args.resolution, preprocess=args.preprocess,
@@ -303,15 +304,11 @@ def run(args: argparse.Namespace) -> Exported:
   print(f'{result.model_name} at {result.resolution} px -> {result.format} '
         f'in {result.path}: input {meta["input"]["dtype"]} '
         f'{meta["input"]["shape"]}, outputs {", ".join(meta["outputs"])}')
-  return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (0, or 1 on bad input)."""
-  args = _parser().parse_args(argv)
-  from vit_jax import host  # pylint: disable=g-import-not-at-top
-  host.start_backends()
-  return errors.exit_status('vit_jax.export', lambda: run(args))
+  return cli.main('vit_jax.export', export_command, argv)
 
 
 if __name__ == '__main__':
