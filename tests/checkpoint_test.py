@@ -295,6 +295,11 @@ class InterpolatePosembTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r'does not give 7 tokens'):
       checkpoint.interpolate_posembed(posemb, 7, True, grid_shape=(3, 3))
 
+  def test_no_grid_rows(self):
+    # A class row only: a checkpoint saved from an image smaller than a patch.
+    with self.assertRaisesRegex(ValueError, 'no grid rows'):
+      checkpoint.interpolate_posembed(np.zeros((1, 1, 3)), 5, True)
+
 
 class LoadPretrainedTest(TmpDirTest):
 

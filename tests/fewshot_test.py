@@ -22,6 +22,7 @@ from tests import test_util
 from tests import train_test
 from vit_jax import checkpoint
 from vit_jax import fewshot
+from vit_jax import fewshot_solver as solver
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import train
@@ -38,9 +39,9 @@ def clusters(rng, *, num_classes, per_class, dim, spread):
 def closed_form(x, labels, num_classes, l2):
   """float64 ridge weights (d + 1, K) on standardised x plus the bias."""
   x = np.asarray(x, np.float64)
-  mean, std = x.mean(0), x.std(0) + fewshot.STD_EPS
+  mean, std = x.mean(0), x.std(0) + solver.STD_EPS
   x = np.concatenate([(x - mean) / std,
-                      np.full((len(x), 1), fewshot.BIAS_FEATURE)], 1)
+                      np.full((len(x), 1), solver.BIAS_FEATURE)], 1)
   y = 2.0 * np.eye(num_classes)[labels] - 1.0
   return np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ y)
 
@@ -50,14 +51,14 @@ class SolverTest(parameterized.TestCase):
   def test_separable_toy_problem_is_solved(self):
     rng = np.random.default_rng(0)
     x, y = clusters(rng, num_classes=5, per_class=40, dim=16, spread=0.3)
-    result = fewshot.fewshot_accuracy(
+    result = solver.fewshot_accuracy(
         train_features=x[::2], train_labels=y[::2], test_features=x[1::2],
         test_labels=y[1::2], shots=(1, 5), seeds=(0, 1))
     self.assertEqual(result.accuracy.shape, (2, 2, 1))
     np.testing.assert_array_equal(result.accuracy, 1.0)
     # Control: the same features with permuted test labels are near chance.
     shuffled = rng.permutation(y[1::2])
-    control = fewshot.fewshot_accuracy(
+    control = solver.fewshot_accuracy(
         train_features=x[::2], train_labels=y[::2], test_features=x[1::2],
         test_labels=shuffled, shots=(5,), seeds=(0,))
     self.assertLess(control.mean[0, 0], 0.6)
@@ -70,10 +71,10 @@ class SolverTest(parameterized.TestCase):
     labels = np.arange(n) % 4
     weights = {}
     for gram in ('features', 'examples'):
-      cache = fewshot.fit_ridge(x, labels, num_classes=4, gram=gram)
+      cache = solver.fit_ridge(x, labels, num_classes=4, gram=gram)
       self.assertEqual(cache.eigvals.shape,
                        (d + 1,) if gram == 'features' else (n,))
-      weights[gram] = np.asarray(fewshot.ridge_weights(cache, (2.0**10, 0.5)))
+      weights[gram] = np.asarray(solver.ridge_weights(cache, (2.0**10, 0.5)))
     want = closed_form(x, labels, 4, 2.0**10)
     for gram, w in weights.items():
       np.testing.assert_allclose(w[0], want, atol=1e-3 * np.abs(want).max(),
@@ -82,7 +83,7 @@ class SolverTest(parameterized.TestCase):
     # a small lambda: the larger one is rank-deficient, and its float32
     # round-off eigenvalues (~1e-7 of the largest, which the 100.0 bias
     # column makes ~1e4 n) are no longer negligible next to lambda = 0.5.
-    auto = fewshot.fit_ridge(x, labels, num_classes=4)
+    auto = solver.fit_ridge(x, labels, num_classes=4)
     self.assertEqual(auto.eigvals.shape, (min(n, d + 1),))
     want = closed_form(x, labels, 4, 0.5)
     w = weights['features' if d + 1 <= n else 'examples'][1]
@@ -93,11 +94,11 @@ class SolverTest(parameterized.TestCase):
     x, y = clusters(rng, num_classes=3, per_class=10, dim=5, spread=4.0)
     test, test_y = clusters(rng, num_classes=3, per_class=50, dim=5,
                             spread=4.0)
-    cache = fewshot.fit_ridge(x, y, num_classes=3)
-    got = fewshot.ridge_accuracy(cache, test, test_y, [1.0, 100.0])
+    cache = solver.fit_ridge(x, y, num_classes=3)
+    got = solver.ridge_accuracy(cache, test, test_y, [1.0, 100.0])
     for l2, acc in zip([1.0, 100.0], got):
       w = closed_form(x, y, 3, l2)
-      mean, std = x.mean(0), x.std(0) + fewshot.STD_EPS
+      mean, std = x.mean(0), x.std(0) + solver.STD_EPS
       t = np.concatenate([(test - mean) / std, np.full((150, 1), 100.0)], 1)
       self.assertAlmostEqual(acc, np.mean((t @ w).argmax(1) == test_y))
     self.assertBetween(got[0], 0.4, 0.99)  # Not trivially 0 or 1.
@@ -109,7 +110,7 @@ class SamplingTest(absltest.TestCase):
       np.random.default_rng(0).permutation(21)]
 
   def test_draws_are_balanced_nested_and_reproducible(self):
-    draw = lambda k, s: fewshot.sample_fewshot(  # pylint: disable=g-long-lambda
+    draw = lambda k, s: solver.sample_fewshot(  # pylint: disable=g-long-lambda
         self.labels, shots=k, seed=s, num_classes=3)
     five = draw(5, 1)
     np.testing.assert_array_equal(self.labels[five], np.repeat([0, 1, 2], 5))
@@ -117,8 +118,8 @@ class SamplingTest(absltest.TestCase):
     np.testing.assert_array_equal(five, draw(5, 1))
     self.assertTrue(set(draw(2, 1)) <= set(five))  # Nested per seed.
     self.assertFalse(np.array_equal(five, draw(5, 2)))
-    rows = fewshot.needed_indices(self.labels, shots=(2, 5), seeds=(1, 2),
-                                  num_classes=3)
+    rows = solver.needed_indices(self.labels, shots=(2, 5), seeds=(1, 2),
+                                 num_classes=3)
     self.assertEqual(set(rows), set(five) | set(draw(5, 2)))
 
   def test_accuracy_reproducible_per_seed(self):
@@ -129,32 +130,32 @@ class SamplingTest(absltest.TestCase):
     kw = dict(train_features=x[:80], train_labels=y[:80],
               test_features=x[80:], test_labels=y[80:], shots=(1, 3),
               seeds=(0, 1, 2), l2_regs=(1.0, 1024.0))
-    a, b = fewshot.fewshot_accuracy(**kw), fewshot.fewshot_accuracy(**kw)
+    a, b = solver.fewshot_accuracy(**kw), solver.fewshot_accuracy(**kw)
     np.testing.assert_array_equal(a.accuracy, b.accuracy)
     self.assertEqual(a.accuracy.shape, (2, 3, 2))
     np.testing.assert_allclose(a.mean, a.accuracy.mean(1))
     self.assertGreater(len(np.unique(a.accuracy[0, :, 0])), 1)  # Seeds differ.
     # Features of only the drawn rows give the same numbers.
-    rows = fewshot.needed_indices(y[:80], shots=(1, 3), seeds=(0, 1, 2),
-                                  num_classes=4)
-    c = fewshot.fewshot_accuracy(**dict(kw, train_features=x[rows],
+    rows = solver.needed_indices(y[:80], shots=(1, 3), seeds=(0, 1, 2),
+                                 num_classes=4)
+    c = solver.fewshot_accuracy(**dict(kw, train_features=x[rows],
                                         train_rows=rows))
     np.testing.assert_array_equal(a.accuracy, c.accuracy)
-    with self.assertRaisesRegex(fewshot.FewshotError, 'needed_indices'):
-      fewshot.fewshot_accuracy(**dict(kw, train_features=x[rows[1:]],
+    with self.assertRaisesRegex(solver.FewshotError, 'needed_indices'):
+      solver.fewshot_accuracy(**dict(kw, train_features=x[rows[1:]],
                                       train_rows=rows[1:]))
 
   def test_too_many_shots_is_a_clear_error(self):
     with self.assertRaisesRegex(
-        fewshot.FewshotError,
+        solver.FewshotError,
         r"6 shots need 6 images .* fewer in 1 of 3 classes: '1' \(5\)\. "
         'Use at most 5 shots'):
-      fewshot.sample_fewshot(self.labels, shots=6, seed=0, num_classes=3)
-    with self.assertRaisesRegex(fewshot.FewshotError, 'counts >= 1'):
-      fewshot.check_shots(self.labels, [0, 1], num_classes=3)
-    with self.assertRaisesRegex(fewshot.FewshotError,
+      solver.sample_fewshot(self.labels, shots=6, seed=0, num_classes=3)
+    with self.assertRaisesRegex(solver.FewshotError, 'counts >= 1'):
+      solver.check_shots(self.labels, [0, 1], num_classes=3)
+    with self.assertRaisesRegex(solver.FewshotError,
                                 "'3' \\(0\\)\\. Every class needs"):
-      fewshot.check_shots(self.labels, [1], num_classes=4)
+      solver.check_shots(self.labels, [1], num_classes=4)
 
 
 def tiny_mixer():
@@ -200,7 +201,7 @@ class FeaturesTest(parameterized.TestCase):
 
   def test_unpooled_models_are_refused(self):
     model = models.get_model('testing-unpooled', num_classes=3)
-    with self.assertRaisesRegex(fewshot.FewshotError, 'one vector per token'):
+    with self.assertRaisesRegex(solver.FewshotError, 'one vector per token'):
       fewshot.make_features_fn(model)
 
   def test_compute_features_pads_the_last_batch(self):
@@ -275,7 +276,7 @@ class CommandTest(absltest.TestCase):
 
     (x, y), (tx, ty) = features(train), features(test)
     np.testing.assert_array_equal(y, train.labels)
-    want = fewshot.fewshot_accuracy(
+    want = solver.fewshot_accuracy(
         train_features=np.asarray(x), train_labels=y,
         test_features=np.asarray(tx), test_labels=ty, shots=(1, 3),
         seeds=(0, 1), l2_regs=(1024.0, 1.0), num_classes=info.num_classes)
@@ -353,7 +354,7 @@ class TrainingHookTest(absltest.TestCase):
         (dict(shots=(0, 1), seeds=0),
          r'shots=\(0, 1\) must be counts >= 1; .*seeds=0 must be >= 1'),
     ):
-      with self.assertRaisesRegex(fewshot.FewshotError, message):
+      with self.assertRaisesRegex(solver.FewshotError, message):
         train.train_and_evaluate(self.config(**fields), workdir)
     self.assertEmpty(os.listdir(workdir))
 

@@ -43,6 +43,7 @@ EXPECTED = (
     (r'--config\.pretrained_dir=checkpoints', FAILS, 'download'),
     (r'--checkpoint=checkpoints/', FAILS, 'does not exist'),
     (r'bench/compare_timm\.py', FAILS, 'timm'),
+    (r'tools/run_original_notebooks\.py', FAILS, 'does not exist'),
 )
 SETUP = ('python3 -m venv .venv && source .venv/bin/activate',
          "python -m pip install -e '.[test]'", 'python -m pytest tests')

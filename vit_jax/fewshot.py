@@ -44,28 +44,12 @@ if __name__ == '__main__':  # First, before the heavy imports: see host.py.
 import jax
 import numpy as np
 
-from vit_jax import fewshot_solver
+from vit_jax import fewshot_solver as solver
 from vit_jax import models
 from vit_jax import partitioning
 from vit_jax import utils
 from vit_jax.configs import common
 
-# The solver's public names, so that `fewshot` is the one import.
-BIAS_FEATURE = fewshot_solver.BIAS_FEATURE
-STD_EPS = fewshot_solver.STD_EPS
-DEFAULT_L2_REG = fewshot_solver.DEFAULT_L2_REG
-DEFAULT_SHOTS = fewshot_solver.DEFAULT_SHOTS
-DEFAULT_SEEDS = fewshot_solver.DEFAULT_SEEDS
-FewshotError = fewshot_solver.FewshotError
-FewshotResult = fewshot_solver.FewshotResult
-RidgeCache = fewshot_solver.RidgeCache
-check_shots = fewshot_solver.check_shots
-sample_fewshot = fewshot_solver.sample_fewshot
-needed_indices = fewshot_solver.needed_indices
-fit_ridge = fewshot_solver.fit_ridge
-ridge_weights = fewshot_solver.ridge_weights
-ridge_accuracy = fewshot_solver.ridge_accuracy
-fewshot_accuracy = fewshot_solver.fewshot_accuracy
 
 FeaturesFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -74,10 +58,11 @@ def pooled_features_model(model):
   """The same model without its head: returns (batch, features).
 
   Parameter names are unchanged (a head in the params is simply unused).
-  Raises FewshotError for 'unpooled' ViTs, which give no single vector.
+  Raises solver.FewshotError for 'unpooled' ViTs, which give no single
+  vector.
   """
   if getattr(model, 'classifier', 'token') in ('unpooled', 'token_unpooled'):
-    raise FewshotError(
+    raise solver.FewshotError(
         f'classifier={model.classifier!r} gives one vector per token, not '
         "one per image: few-shot evaluation needs 'token' or 'gap'.")
   return model.clone(num_classes=None)
@@ -131,7 +116,7 @@ def compute_features(features_fn: FeaturesFn, params: Any,
     if progress:
       progress(n)
   if not labels:
-    raise FewshotError('No images to compute features of.')
+    raise solver.FewshotError('No images to compute features of.')
   return np.concatenate(feats), np.concatenate(labels)
 
 
@@ -171,17 +156,17 @@ def load_data(config, *, shots: Sequence[int],
   """Reads the labels and checks the shots before any image is decoded.
 
   Raises:
-    FewshotError: a class of the train split has fewer than max(shots)
-      images. datasets.DatasetError: an unusable dataset.
+    solver.FewshotError: a class of the train split has fewer than
+      max(shots) images. datasets.DatasetError: an unusable dataset.
   """
   # Imported here: the pipeline imports TensorFlow, needed only for data.
   from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   train, test, info = input_pipeline.get_labeled_splits(config)
-  check_shots(train.labels, shots, num_classes=info.num_classes,
-              class_names=info.class_names,
-              where=f"split '{config.pp.train}' of '{config.dataset}'")
-  rows = needed_indices(train.labels, shots=shots, seeds=seeds,
-                        num_classes=info.num_classes)
+  solver.check_shots(train.labels, shots, num_classes=info.num_classes,
+                     class_names=info.class_names,
+                     where=f"split '{config.pp.train}' of '{config.dataset}'")
+  rows = solver.needed_indices(train.labels, shots=shots, seeds=seeds,
+                               num_classes=info.num_classes)
   crop = config.pp.crop
   return FewshotData(
       name=tag_name(config.dataset), info=info, train_labels=train.labels,
@@ -195,9 +180,10 @@ def evaluate(data: FewshotData, features_fn: FeaturesFn, params: Any, *,
              l2_regs: Sequence[float], batch_size: int,
              mesh: Optional[jax.sharding.Mesh] = None,
              progress: Optional[Callable[[int], Any]] = None
-             ) -> FewshotResult:
+             ) -> solver.FewshotResult:
   """Features of the drawn train images and of the test split, then
-  `fewshot_accuracy`. `progress(n)` counts images as they are done."""
+  `solver.fewshot_accuracy`. `progress(n)` counts images as they are
+  done."""
   def features(ds):
     return compute_features(
         features_fn, params, ds.batch(batch_size).as_numpy_iterator(),
@@ -205,14 +191,14 @@ def evaluate(data: FewshotData, features_fn: FeaturesFn, params: Any, *,
 
   train, _ = features(data.train)
   test, test_labels = features(data.test)
-  return fewshot_accuracy(
+  return solver.fewshot_accuracy(
       train_features=train, train_labels=data.train_labels,
       train_rows=data.train_rows, test_features=test, test_labels=test_labels,
       shots=shots, seeds=seeds, l2_regs=l2_regs,
       num_classes=data.info.num_classes)
 
 
-def scalars(name: str, result: FewshotResult) -> Dict[str, float]:
+def scalars(name: str, result: solver.FewshotResult) -> Dict[str, float]:
   """{'fewshot/<name>_<k>shot': mean accuracy} for the first lambda, and
   '..._l2_<lambda>' for the others."""
   out = {}
@@ -248,7 +234,8 @@ class Evaluator:
         (fs.every >= 0, f'--config.fewshot.every={fs.every} must be >= 0'),
     ) if not ok]
     if problems:
-      raise FewshotError('Invalid few-shot config: ' + '; '.join(problems))
+      raise solver.FewshotError(
+          'Invalid few-shot config: ' + '; '.join(problems))
     self._batch_size = config.batch_eval
     self._mesh = mesh
     self._features_fn = make_features_fn(model, mesh)
@@ -259,9 +246,9 @@ class Evaluator:
         for name in fs.datasets]
     names = [data.name for data in self.datasets]
     if len(set(names)) < len(names):
-      raise FewshotError(f'--config.fewshot.datasets={fs.datasets} gives '
-                         f'the same tag name twice ({names}); rename a '
-                         'folder.')
+      raise solver.FewshotError(
+          f'--config.fewshot.datasets={fs.datasets} gives the same tag name '
+          f'twice ({names}); rename a folder.')
 
   def is_due(self, step: int, total_steps: int) -> bool:
     """At every `every` steps (default: eval_every) and the last step."""
@@ -322,11 +309,11 @@ def _parser() -> argparse.ArgumentParser:
   add('--dataset', required=True,
       help="tfds name, image folder (train/<class>/, test/<class>/) or "
       "'digits'")
-  add('--shots', type=_int_list, default=list(DEFAULT_SHOTS),
+  add('--shots', type=_int_list, default=list(solver.DEFAULT_SHOTS),
       help='images per class, comma-separated (default 1,5,10,25)')
-  add('--seeds', type=int, default=DEFAULT_SEEDS,
+  add('--seeds', type=int, default=solver.DEFAULT_SEEDS,
       help='draws per shot count, seeds 0..N-1 (default 3)')
-  add('--l2_regs', type=_float_list, default=[DEFAULT_L2_REG],
+  add('--l2_regs', type=_float_list, default=[solver.DEFAULT_L2_REG],
       help='ridge strengths, comma-separated (default 1024)')
   add('--resolution', type=int, default=None,
       help="input side in pixels (default: the checkpoint's)")
@@ -340,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def format_table(result: FewshotResult) -> str:
+def format_table(result: solver.FewshotResult) -> str:
   """One row per shot count: mean accuracy (%) and the per-seed values."""
   head = ['shots'] + [f'l2={l2:g}' for l2 in result.l2_regs]
   rows = [head]
@@ -372,9 +359,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   start = time.perf_counter()
   seeds = tuple(range(args.seeds))
   if not args.shots or min(args.shots) < 1 or not seeds:
-    raise FewshotError('--shots must list counts >= 1 and --seeds be >= 1.')
+    raise solver.FewshotError(
+        '--shots must list counts >= 1 and --seeds be >= 1.')
   if not args.l2_regs or min(args.l2_regs) <= 0 or args.batch_size < 1:
-    raise FewshotError('--l2_regs must be positive, --batch_size >= 1.')
+    raise solver.FewshotError(
+        '--l2_regs must be positive, --batch_size >= 1.')
   model, params, model_name, resolution = _load(args)
   features_fn = make_features_fn(model)  # Checks the classifier.
   data = load_data(data_config(
@@ -413,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser().parse_args(argv)
   from vit_jax import host  # pylint: disable=g-import-not-at-top
   host.start_backends()
-  # FewshotError is a DatasetError, so a UserError.
+  # solver.FewshotError is a DatasetError, so a UserError.
   return errors.exit_status('vit_jax.fewshot', lambda: run(args))
 
 

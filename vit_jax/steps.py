@@ -78,8 +78,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
   Written with one-hot targets, as the original release did: the same
   numbers as optax's integer-label version without its gather, whose
-  lowering alone took ~0.1 s of every compile (or compilation-cache hit) of
-  the ViT-B/16 train step.
+  lowering is a noticeable part of every compile (or compilation-cache hit)
+  of the train step (bench/RESULTS.md).
   """
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logp.dtype)

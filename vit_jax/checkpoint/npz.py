@@ -116,7 +116,7 @@ def _linen_names(tree):
   LayerNorm_1, MlpBlock_0`; Linen names come back unchanged. This is what
   flax's `convert_pre_linen` does, written here because that function lives
   in `flax.training.checkpoints`, whose import pulls in orbax and (through
-  flax.io) TensorFlow: 6 s and TF in every process that loads a file.
+  flax.io) TensorFlow into every process that loads a file.
   """
   if not isinstance(tree, dict):
     return tree
@@ -165,8 +165,8 @@ def check_exists(path, *, model_name: Optional[str] = None) -> None:
 def _gcs_exists(path: str, model_name: Optional[str]) -> bool:
   """tf.io.gfile.exists for gs://, failing fast and readably when offline.
 
-  (Offline, TensorFlow's GCS client retries for ~30 s and then raises an
-  error whose text is a libcurl message.)
+  (Offline, TensorFlow's GCS client retries for a long while and then
+  raises an error whose text is a libcurl message.)
   """
   if not files.network_available(names.GCS_HOST):
     raise CheckpointError(

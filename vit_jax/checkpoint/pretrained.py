@@ -107,6 +107,9 @@ def interpolate_posembed(posemb, num_tokens: int, has_class_token: bool, *,
   n_prefix = 1 if has_class_token else 0
   prefix, grid = posemb[:, :n_prefix], posemb[0, n_prefix:]
   gs_old = math.isqrt(len(grid))
+  if not len(grid):
+    raise ValueError('it holds no grid rows (saved from an image smaller '
+                     'than the patch stride), so there is nothing to resize')
   if gs_old * gs_old != len(grid):
     raise ValueError(f'{len(grid)} grid rows do not form a square grid')
   if grid_shape is None:
