@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """One vit_jax case of the GPU check: `python gpu_check_jax.py CASE_JSON`.
 
-Times the real train or eval step with `vit_jax.benchmark.run` (the steps
-of `steps.build`, synthetic data, no TensorFlow) at the case's dtype and
+Times the real train or eval step with `vit_jax.benchmark.time_steps` (the
+steps of `steps.build`, synthetic data, no TensorFlow) at the case's dtype and
 attention_impl, then reads the device's peak memory from
 `jax.devices()[0].memory_stats()`; a fresh process per case, so that peak
 is this case's. A case with 'measure_peak' also times a large matmul (bf16
@@ -127,10 +127,11 @@ def _guarded(fn) -> dict:
 
 
 def time_case(case, config) -> dict:
-  """benchmark.run's record plus device memory (and the measured peak)."""
-  record = benchmark.run(config, mode=case['mode'], steps=case['steps'],
-                         warmup=case['warmup'],
-                         num_classes=case['num_classes'], peak_flops=0.0)
+  """benchmark.time_steps's record, device memory (and measured peak)."""
+  record = benchmark.time_steps(config, mode=case['mode'],
+                                steps=case['steps'], warmup=case['warmup'],
+                                num_classes=case['num_classes'],
+                                peak_flops=0.0)
   record.update(device_memory(), status='ok')
   if case.get('measure_peak'):
     record.update(matmul_ceiling())  # After the memory was read.
