@@ -7,7 +7,7 @@ For every mutation below: the committed tree (`git archive HEAD`) is copied
 to a temporary folder, one exact string is replaced (it must occur once:
 a mutation whose text is gone fails loudly, so the list follows the code),
 and the tests named with it run there (`pytest -x`). A mutation is caught
-when those tests fail. Prints one line per mutation and exits 1 if any
+when those tests pass on the unchanged copy and fail with it planted. Prints one line per mutation and exits 1 if any
 survives. Runs on the tests' own offline data; a few minutes on 2 cores.
 """
 
@@ -94,13 +94,14 @@ def _plant(root: str, name: str) -> None:
     f.write(text.replace(old, new))
 
 
-def check(name: str) -> bool:
-  """True when the mutation's tests fail (the mutation is caught)."""
+def _tests_pass(name: str, *, planted: bool) -> bool:
+  """Whether the tests of mutation `name` pass on HEAD (mutation planted?)."""
   with tempfile.TemporaryDirectory(prefix='vit_jax_mutation_') as root:
     archive = subprocess.run(['git', 'archive', 'HEAD'], cwd=REPO,
                              check=True, capture_output=True).stdout
     subprocess.run(['tar', '-x', '-C', root], input=archive, check=True)
-    _plant(root, name)
+    if planted:
+      _plant(root, name)
     env = dict(os.environ, PYTHONPATH=root)
     proc = subprocess.run(
         [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
@@ -110,7 +111,15 @@ def check(name: str) -> bool:
     print(proc.stdout[-2000:], proc.stderr[-2000:])
     sys.exit(f'check_mutations: "{name}": pytest exited '
              f'{proc.returncode} (not a test failure).')
-  return proc.returncode == 1
+  return proc.returncode == 0
+
+
+def check(name: str) -> bool:
+  """True when the mutation's tests pass on HEAD and fail with it planted."""
+  if not _tests_pass(name, planted=False):
+    sys.exit(f'check_mutations: the tests of "{name}" fail without the '
+             'mutation: fix HEAD first.')
+  return not _tests_pass(name, planted=True)
 
 
 def main() -> int:
