@@ -272,14 +272,7 @@ def _parser() -> cli.ArgumentParser:
   parser = cli.ArgumentParser(
       prog='python -m vit_jax.export',
       description='Export a ViT/hybrid/Mixer checkpoint for serving.')
-  parser.add_argument('--checkpoint', required=True,
-                      help='training workdir, its model.npz, or an official '
-                      '.npz file')
-  parser.add_argument('--model', default=None,
-                      help='registered model name (e.g. ViT-B_16); required '
-                      'for official .npz files')
-  parser.add_argument('--resolution', type=int, default=None,
-                      help="input side in pixels (default: the checkpoint's)")
+  workdir.add_load_model_flags(parser)
   parser.add_argument('--format', required=True,
                       help=f'one of {", ".join(FORMATS)}')
   parser.add_argument('--preprocess', action='store_true',

@@ -295,11 +295,9 @@ def _parser() -> cli.ArgumentParser:
       prog='python -m vit_jax.fewshot',
       description='Few-shot linear accuracy of a checkpoint\'s pre-logits '
       'features.')
+  from vit_jax import workdir  # pylint: disable=g-import-not-at-top
   add = parser.add_argument
-  add('--checkpoint', required=True,
-      help='training workdir, its model.npz, or an official .npz file')
-  add('--model', default=None, help='registered model name (e.g. ViT-B_16); '
-      'required for official .npz files')
+  workdir.add_load_model_flags(parser)
   add('--dataset', required=True,
       help="tfds name, image folder (train/<class>/, test/<class>/) or "
       "'digits'")
@@ -309,8 +307,6 @@ def _parser() -> cli.ArgumentParser:
       help='draws per shot count, seeds 0..N-1 (default 3)')
   add('--l2_regs', type=_float_list, default=[solver.DEFAULT_L2_REG],
       help='ridge strengths, comma-separated (default 1024)')
-  add('--resolution', type=int, default=None,
-      help="input side in pixels (default: the checkpoint's)")
   add('--batch_size', type=int, default=64, help='images per forward pass')
   add('--train_split', default=None, help="default: the dataset preset's")
   add('--test_split', default=None, help="default: the dataset preset's")

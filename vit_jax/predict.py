@@ -166,19 +166,11 @@ def _parser() -> cli.ArgumentParser:
       description='Top-k class predictions of a ViT/Mixer checkpoint.')
   parser.add_argument('images', nargs='+', metavar='IMAGE',
                       help='image files (JPEG, PNG, GIF, BMP, WebP, TIFF)')
-  parser.add_argument('--checkpoint', required=True,
-                      help='training workdir, its model.npz, or an official '
-                      '.npz file')
-  parser.add_argument('--model', default=None,
-                      help='registered model name (e.g. ViT-B_16); required '
-                      'for official .npz files')
+  workdir_lib.add_load_model_flags(parser)
   parser.add_argument('--top_k', type=int, default=5,
                       help='labels printed per image')
   parser.add_argument('--labels', default=None,
                       help='class names, one per line')
-  parser.add_argument('--resolution', type=int, default=None,
-                      help='input side in pixels (default: the '
-                      "checkpoint's)")
   parser.add_argument('--batch_size', type=int, default=32,
                       help='images per forward pass')
   return parser

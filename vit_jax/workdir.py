@@ -279,6 +279,19 @@ def _fit_resolution(model, model_config, params, resolution: int,
                                    source=source)
 
 
+def add_load_model_flags(parser) -> None:
+  """--checkpoint, --model and --resolution: `load_model`'s arguments, for
+  the commands that load a model (predict, fewshot, export)."""
+  parser.add_argument('--checkpoint', required=True,
+                      help='training workdir, its model.npz, or an official '
+                      '.npz file')
+  parser.add_argument('--model', default=None,
+                      help='registered model name (e.g. ViT-B_16); required '
+                      'for official .npz files')
+  parser.add_argument('--resolution', type=int, default=None,
+                      help="input side in pixels (default: the checkpoint's)")
+
+
 def load_model(checkpoint_path: str, model_name: Optional[str] = None,
                resolution: Optional[int] = None) -> LoadedModel:
   """Builds the model and its checked params from a workdir or `.npz` file.
